@@ -1,0 +1,35 @@
+# Two commands for a newcomer:  `make serve` (set up, train the default model, serve it)
+# and `make test` (the whole suite; .ci/run calls exactly this).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8000
+RUN    ?= runs/default
+BUNDLE ?= bundles/default
+
+.PHONY: venv test serve bundle bench clean
+
+# The pinned CPU torch is installed first so that no range ever pulls a multi-GB CUDA build.
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+bundle: venv
+	RUN_DIR=$(RUN) BUNDLE_DIR=$(BUNDLE) $(BIN)/python -m deploy.build_default
+
+serve: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH RUN_DIR=$(RUN) BUNDLE_DIR=$(BUNDLE) PORT=$(PORT) sh deploy/entrypoint.sh
+
+bench: venv
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) runs bundles

@@ -1,0 +1,1 @@
+"""The `mind` command line: one entry point dispatching to model/ and service/."""

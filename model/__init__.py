@@ -1,0 +1,1 @@
+"""MIND model: data, network, training, evaluation and export."""

@@ -1,0 +1,1 @@
+"""Interaction-log data: loaders, id vocabularies, k-core, splits and samples."""

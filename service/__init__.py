@@ -1,0 +1,1 @@
+"""The recall service: HTTP, batching, retrieval and metrics over a bundle."""
