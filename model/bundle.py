@@ -1,0 +1,295 @@
+"""The serving bundle: write it atomically, load it with every file verified.
+
+The only ``model/`` module the service imports. A bundle directory holds (docs/architecture.md):
+``manifest.json``, ``user_tower.pt`` (TorchScript, the only file that may carry pickle),
+``item_vectors.npy``, ``item_ids.json``, ``index.faiss``, ``profile_vocab.json`` and
+``popularity.json``.
+
+Layout. ``write_bundle(out_dir, ...)`` writes into a hidden temporary directory beside its
+target and renames it into place, so a crash never leaves a half bundle where a loader looks:
+- ``out_dir`` absent: the bundle is written at ``out_dir``.
+- ``out_dir`` is a bundle (holds ``manifest.json``): refused unless ``force=True``; then the new
+  bundle replaces it by rename (the old one is moved aside first, never written into).
+- ``out_dir`` is any other directory (a *bundle root*): a new version is written inside it as
+  ``out_dir/<created, YYYYmmddTHHMMSS.ffffffZ>-<model_version[:12]>/``, so names sort by time.
+``latest_bundle(root)`` resolves a bundle or a bundle root to the newest version in it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import faiss
+import numpy as np
+import torch
+
+from model.bundle_files import (FILES, INDEX, ITEM_IDS, ITEM_VECTORS, MANIFEST, POPULARITY,
+                                PROFILE_VOCAB, TOWER, BundleError, read_index, read_json,
+                                read_item_vectors, sha256_of, verify_files)
+from model.index import apply_params, build_index, perturbed_queries, tune_index
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+UNKNOWN_VALUE = "<unk>"
+
+__all__ = ["FORMAT_VERSION", "Bundle", "BundleError", "latest_bundle", "load_bundle",
+           "prepare_histories", "write_bundle"]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle. ``item_vectors`` is memory-mapped (read-only), not a copy."""
+    path: Path
+    manifest: dict
+    model_version: str
+    tower: torch.jit.ScriptModule           # on `device`, eval mode
+    device: torch.device
+    index: faiss.Index                      # ids = rows, search params from the manifest
+    item_vectors: np.ndarray                # (n_items, d) float32, row r = item index r+1
+    item_ids: tuple[str, ...]               # row -> external id
+    row_of: dict[str, int]                  # external id -> row
+    profile_features: tuple[str, ...]       # column order of the tower's profile input
+    profile_vocab: dict[str, dict[str, int]]  # feature -> value -> index (0 = unknown)
+    popular_rows: np.ndarray                # (n_items,) int64, most popular first
+    dim: int
+    n_interests: int
+    max_len: int
+
+
+def prepare_histories(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
+    """Left-pad item-index histories (most recent last) to (B, max_len) int64.
+
+    Histories longer than ``max_len`` keep their most recent ``max_len`` items; an empty
+    history is all padding. Indices are tower indices (``row + 1``; 0 = padding).
+    """
+    out = np.zeros((len(histories), max_len), dtype=np.int64)  # (B, max_len)
+    for b, history in enumerate(histories):
+        recent = np.asarray(history, dtype=np.int64)[-max_len:] if max_len else []
+        if len(recent):
+            out[b, max_len - len(recent):] = recent
+    return out
+
+
+def probe_tower(tower: torch.jit.ScriptModule, max_len: int, n_profile: int,
+                device: torch.device) -> tuple[int, int]:
+    """Run the tower on one one-item history; return its (n_interests K, dim d)."""
+    history = torch.zeros(1, max_len, dtype=torch.int64, device=device)  # (1, L)
+    history[0, -1] = 1
+    profile = torch.zeros(1, n_profile, dtype=torch.int64, device=device)  # (1, P)
+    with torch.no_grad():
+        capsules, active = tower(history, profile)[:2]  # (1, K, d), (1, K)
+    if capsules.dim() != 3 or tuple(active.shape) != tuple(capsules.shape[:2]):
+        raise ValueError(f"tower returned capsules {tuple(capsules.shape)} and active "
+                         f"{tuple(active.shape)}; expected (B, K, d) and (B, K)")
+    return int(capsules.shape[1]), int(capsules.shape[2])
+
+
+def _tower_device(tower: torch.nn.Module) -> torch.device:
+    for tensor in list(tower.parameters()) + list(tower.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _complete_popularity(popular_rows: Sequence[int], n_items: int) -> list[int]:
+    """``popular_rows`` then every row it misses, in row order: a full (n_items,) ranking."""
+    seen = dict.fromkeys(int(r) for r in popular_rows)
+    if any(not 0 <= r < n_items for r in seen):
+        raise ValueError(f"popular_rows must lie in [0, {n_items})")
+    return list(seen) + [r for r in range(n_items) if r not in seen]
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=1, sort_keys=False), encoding="utf-8")
+
+
+def _write_payload(tmp: Path, *, tower, item_vectors: np.ndarray, item_ids: Sequence[str],
+                   profile_vocab: Mapping[str, Sequence[str]], popular_rows: Sequence[int],
+                   index_type: str | None, tune_queries: np.ndarray | None) -> dict:
+    """Write every file but the manifest into ``tmp``; return the manifest's index entry."""
+    torch.jit.save(tower, str(tmp / TOWER))
+    np.save(tmp / ITEM_VECTORS, item_vectors, allow_pickle=False)
+    _write_json(tmp / ITEM_IDS, list(item_ids))
+    _write_json(tmp / PROFILE_VOCAB, {f: [UNKNOWN_VALUE] + list(v[1:]) for f, v in profile_vocab.items()})
+    _write_json(tmp / POPULARITY, _complete_popularity(popular_rows, len(item_ids)))
+    index, kind = build_index(item_vectors, index_type)
+    queries = tune_queries if tune_queries is not None else perturbed_queries(item_vectors)
+    tuned = tune_index(index, item_vectors, queries)
+    faiss.write_index(index, str(tmp / INDEX))
+    return {"type": kind, "params": tuned["params"], "tuned_recall_at_k": tuned["recall_at_k"],
+            "tuned_k": tuned["k"], "ntotal": int(index.ntotal)}
+
+
+def _resolve_target(out_dir: Path, created: datetime, model_version: str, force: bool) -> Path:
+    """Where the finished bundle goes (see the module docstring for the layout)."""
+    if not out_dir.exists():
+        return out_dir
+    if not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a directory")
+    if (out_dir / MANIFEST).exists():
+        if not force:
+            raise FileExistsError(f"{out_dir} already holds a bundle; pass force=True (--force) "
+                                  f"to replace it, or give a bundle root to add a version")
+        return out_dir
+    return out_dir / f"{created.strftime('%Y%m%dT%H%M%S.%fZ')}-{model_version[:12]}"
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside, then deleted."""
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, target)
+
+
+def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popular_rows,
+                 hyperparameters, metrics, index_type=None, max_len: int | None = None,
+                 data: Mapping | None = None, tune_queries: np.ndarray | None = None,
+                 force: bool = False) -> Path:
+    """Write a bundle atomically and return the directory it landed in.
+
+    tower: a scripted (or scriptable) module honouring the tower contract.
+    item_vectors: (n_items, d) float32, row 0 = item index 1 (no padding row).
+    item_ids: n_items unique external ids, by row. profile_vocab: {feature: [values in index
+    order]} (entry 0 is replaced by "<unk>"), in the tower's profile column order.
+    popular_rows: rows, most popular first (completed to all rows). max_len: history length,
+    default ``hyperparameters["max_len"]``. data: the run's data config (for evaluation).
+    tune_queries: (Q, d) capsules to tune an approximate index on (default: perturbed items).
+    """
+    out_dir = Path(out_dir)
+    vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+    ids = [str(i) for i in item_ids]
+    max_len = int(max_len if max_len is not None else hyperparameters["max_len"])
+    if vectors.ndim != 2 or len(ids) != len(vectors) or len(set(ids)) != len(ids):
+        raise ValueError(f"item_vectors {vectors.shape} must be (n_items, d) with n_items unique item_ids ({len(ids)})")
+    if not isinstance(tower, torch.jit.ScriptModule):
+        tower = torch.jit.script(tower)
+    tower.eval()
+    n_interests, dim = probe_tower(tower, max_len, len(profile_vocab), _tower_device(tower))
+    if dim != vectors.shape[1]:
+        raise ValueError(f"tower output d={dim} != item_vectors d={vectors.shape[1]}")
+    parent = out_dir if out_dir.is_dir() and not (out_dir / MANIFEST).exists() else out_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".bundle-tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        index_entry = _write_payload(tmp, tower=tower, item_vectors=vectors, item_ids=ids,
+                                     profile_vocab=profile_vocab, popular_rows=popular_rows,
+                                     index_type=index_type, tune_queries=tune_queries)
+        files = {name: sha256_of(tmp / name) for name in FILES}
+        model_version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        created = datetime.now(timezone.utc)
+        manifest = {
+            "format_version": FORMAT_VERSION, "model_version": model_version,
+            "created_at": created.isoformat(), "hyperparameters": dict(hyperparameters),
+            "dim": dim, "n_interests": n_interests, "max_len": max_len, "n_items": len(ids),
+            "profile_features": list(profile_vocab), "index": index_entry,
+            "metrics": dict(metrics or {}), "data": dict(data or {}), "files": files,
+            "file_bytes": {name: (tmp / name).stat().st_size for name in FILES},
+        }
+        _write_json(tmp / MANIFEST, manifest)
+        target = _resolve_target(out_dir, created, model_version, force)
+        _move_into_place(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def latest_bundle(root) -> Path:
+    """``root`` itself if it is a bundle, else its newest version subdirectory."""
+    root = Path(root)
+    if (root / MANIFEST).is_file():
+        return root
+    if not root.is_dir():
+        raise BundleError(f"{root}: no such bundle or bundle root")
+    versions = sorted(p for p in root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
+    if not versions:
+        raise BundleError(f"{root}: holds no bundle ({MANIFEST} not found in it or any subdirectory)")
+    return versions[-1]
+
+
+def _read_manifest(path: Path) -> dict:
+    manifest = read_json(path / MANIFEST, dict)
+    version = manifest.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise BundleError(f"{path / MANIFEST}: unsupported format_version {version!r} "
+                          f"(this code reads {SUPPORTED_FORMAT_VERSIONS})")
+    missing = [k for k in ("model_version", "dim", "n_interests", "max_len", "n_items",
+                           "profile_features", "index", "files") if k not in manifest]
+    if missing:
+        raise BundleError(f"{path / MANIFEST}: missing keys {missing}")
+    return manifest
+
+
+def _check_item_side(path: Path, manifest: dict, vectors: np.ndarray, index: faiss.Index,
+                     item_ids: list) -> None:
+    """Dimensions and id map agree with the manifest: d, n_items, unique string ids."""
+    n_items, dim = manifest["n_items"], manifest["dim"]
+    if vectors.shape != (n_items, dim):
+        raise BundleError(f"{path / ITEM_VECTORS}: shape {vectors.shape} != manifest ({n_items}, {dim})")
+    if index.d != dim or index.ntotal != n_items:
+        raise BundleError(f"{path / INDEX}: d={index.d}, ntotal={index.ntotal} != manifest d={dim}, n_items={n_items}")
+    if len(item_ids) != n_items or not all(isinstance(i, str) for i in item_ids):
+        raise BundleError(f"{path / ITEM_IDS}: expected {n_items} string ids, got {len(item_ids)}")
+    if len(set(item_ids)) != n_items:
+        raise BundleError(f"{path / ITEM_IDS}: external ids are not unique")
+
+
+def _read_popularity(path: Path, n_items: int) -> np.ndarray:
+    rows = np.asarray(read_json(path / POPULARITY, list), dtype=np.int64)  # (n_items,)
+    if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= n_items)):
+        raise BundleError(f"{path / POPULARITY}: rows must be a list of ints in [0, {n_items})")
+    return rows
+
+
+def _load_tower(path: Path, manifest: dict, device: torch.device) -> torch.jit.ScriptModule:
+    try:
+        tower = torch.jit.load(str(path / TOWER), map_location=device).eval()
+        shape = probe_tower(tower, manifest["max_len"], len(manifest["profile_features"]), device)
+    except (RuntimeError, ValueError) as err:
+        raise BundleError(f"{path / TOWER}: cannot load or run the tower: {err}") from err
+    if shape != (manifest["n_interests"], manifest["dim"]):
+        raise BundleError(f"{path / TOWER}: outputs (K, d)={shape} != manifest "
+                          f"({manifest['n_interests']}, {manifest['dim']})")
+    return tower
+
+
+def load_bundle(path, device="cpu") -> Bundle:
+    """Load and verify a bundle (or the newest version in a bundle root) onto ``device``.
+
+    Every file's size and sha256 are checked before anything is parsed or the TorchScript
+    file is loaded; then dimensions and a probe forward of the tower. Raises BundleError
+    naming the offending file.
+    """
+    path = latest_bundle(path)
+    device = torch.device(device)
+    manifest = _read_manifest(path)
+    verify_files(path, manifest)
+    vectors = read_item_vectors(path / ITEM_VECTORS)
+    index = read_index(path / INDEX)
+    item_ids = read_json(path / ITEM_IDS, list)
+    _check_item_side(path, manifest, vectors, index, item_ids)
+    apply_params(index, manifest["index"].get("params", {}))
+    vocab = read_json(path / PROFILE_VOCAB, dict)
+    features = tuple(manifest["profile_features"])
+    if tuple(vocab) != features:
+        raise BundleError(f"{path / PROFILE_VOCAB}: features {list(vocab)} != manifest {list(features)}")
+    return Bundle(
+        path=path, manifest=manifest, model_version=manifest["model_version"],
+        tower=_load_tower(path, manifest, device), device=device, index=index,
+        item_vectors=vectors, item_ids=tuple(item_ids),
+        row_of={item: row for row, item in enumerate(item_ids)}, profile_features=features,
+        profile_vocab={f: {v: i for i, v in enumerate(values) if i} for f, values in vocab.items()},
+        popular_rows=_read_popularity(path, manifest["n_items"]), dim=manifest["dim"],
+        n_interests=manifest["n_interests"], max_len=manifest["max_len"])

@@ -1,0 +1,87 @@
+"""The files of a bundle: names, checksums and safe readers that raise BundleError.
+
+Every reader names the file it failed on. No reader here unpickles: arrays are read with
+``allow_pickle=False``, everything else is JSON or FAISS' own format. The TorchScript file
+is loaded by ``model.bundle`` only after ``verify_files`` has checked its sha256.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+MANIFEST = "manifest.json"
+TOWER = "user_tower.pt"
+ITEM_VECTORS = "item_vectors.npy"
+ITEM_IDS = "item_ids.json"
+INDEX = "index.faiss"
+PROFILE_VOCAB = "profile_vocab.json"
+POPULARITY = "popularity.json"
+FILES = (TOWER, ITEM_VECTORS, ITEM_IDS, INDEX, PROFILE_VOCAB, POPULARITY)  # all but the manifest
+CHUNK_BYTES = 1 << 20
+
+
+class BundleError(Exception):
+    """A bundle cannot be used; the message names the offending file."""
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_files(path: Path, manifest: dict) -> None:
+    """Check that every bundle file exists with the size and sha256 the manifest records."""
+    recorded = manifest["files"]
+    sizes = manifest.get("file_bytes", {})
+    for name in FILES:
+        file = path / name
+        if name not in recorded:
+            raise BundleError(f"{path / MANIFEST}: no checksum recorded for {name}")
+        if not file.is_file():
+            raise BundleError(f"{file}: missing")
+        size = file.stat().st_size
+        if name in sizes and size != sizes[name]:
+            kind = "truncated" if size < sizes[name] else "larger than recorded"
+            raise BundleError(f"{file}: {kind} ({size} bytes, manifest records {sizes[name]})")
+        if sha256_of(file) != recorded[name]:
+            raise BundleError(f"{file}: sha256 mismatch (file changed since export)")
+
+
+def read_json(file: Path, expected_type: type):
+    """Parse a JSON file whose top level must be ``expected_type`` (dict or list)."""
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise BundleError(f"{file}: missing") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{file}: not valid JSON: {err}") from err
+    if not isinstance(value, expected_type):
+        raise BundleError(f"{file}: expected a JSON {expected_type.__name__}, got {type(value).__name__}")
+    return value
+
+
+def read_item_vectors(file: Path) -> np.ndarray:
+    """Memory-map the (n_items, d) float32 item vectors read-only (no pickle, no copy)."""
+    try:
+        vectors = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise BundleError(f"{file}: not a readable .npy array: {err}") from err
+    if vectors.dtype != np.float32 or vectors.ndim != 2:
+        raise BundleError(f"{file}: expected a 2-d float32 array, got {vectors.dtype} {vectors.shape}")
+    return vectors
+
+
+def read_index(file: Path) -> faiss.Index:
+    """Read a FAISS index file."""
+    try:
+        return faiss.read_index(str(file))
+    except RuntimeError as err:
+        raise BundleError(f"{file}: not a readable FAISS index: {err}") from err
