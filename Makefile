@@ -22,11 +22,14 @@ venv: $(BIN)/.installed
 test: venv
 	$(BIN)/python -m pytest -q
 
+# Train (if no run) and export (if no bundle) the default model, without serving it.
 bundle: venv
-	RUN_DIR=$(RUN) BUNDLE_DIR=$(BUNDLE) $(BIN)/python -m deploy.build_default
+	RUN_DIR=$(RUN) BUNDLE_DIR=$(BUNDLE) PYTHON=$(BIN)/python sh deploy/entrypoint.sh train
 
+# The same entry point as the container: builds the default bundle when missing, then serves.
 serve: venv
-	PATH=$(CURDIR)/$(BIN):$$PATH RUN_DIR=$(RUN) BUNDLE_DIR=$(BUNDLE) PORT=$(PORT) sh deploy/entrypoint.sh
+	PATH=$(CURDIR)/$(BIN):$$PATH RUN_DIR=$(RUN) BUNDLE_DIR=$(BUNDLE) PORT=$(PORT) \
+		PYTHON=$(CURDIR)/$(BIN)/python sh deploy/entrypoint.sh all
 
 bench: venv
 	$(BIN)/python -m bench.run_all
