@@ -256,6 +256,8 @@ def _read_popularity(path: Path, n_items: int) -> np.ndarray:
 def _load_tower(path: Path, manifest: dict, device: torch.device) -> torch.jit.ScriptModule:
     try:
         tower = torch.jit.load(str(path / TOWER), map_location=device).eval()
+        for parameter in tower.parameters():   # serving only: outputs carry no autograd graph
+            parameter.requires_grad_(False)
         shape = probe_tower(tower, manifest["max_len"], len(manifest["profile_features"]), device)
     except (RuntimeError, ValueError) as err:
         raise BundleError(f"{path / TOWER}: cannot load or run the tower: {err}") from err

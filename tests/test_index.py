@@ -1,0 +1,79 @@
+"""FAISS index choice, build and tuning (model/index.py) on synthetic catalogues."""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from model.index import (FLAT_MAX_ITEMS, IndexTuningError, apply_params, build_index,
+                         choose_kind, exact_top_k, perturbed_queries, recall_at_k, tune_index)
+
+
+def clustered_catalogue(n_items: int, dim: int, n_clusters: int = 200, seed: int = 0) -> np.ndarray:
+    """(n_items, dim) float32 item vectors around random cluster centres, as trained items are."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim))
+    items = centres[rng.integers(0, n_clusters, n_items)] + 0.5 * rng.standard_normal((n_items, dim))
+    return items.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> np.ndarray:
+    return clustered_catalogue(20_000, 32)
+
+
+def test_flat_top_n_equals_brute_force_numpy():
+    rng = np.random.default_rng(1)
+    items = rng.standard_normal((3000, 24)).astype(np.float32)
+    queries = rng.standard_normal((50, 24)).astype(np.float32)
+    index, kind = build_index(items, "flat")
+    scores, rows = index.search(queries, 50)
+    brute = queries @ items.T                                   # (Q, n)
+    expected = np.argsort(-brute, axis=1, kind="stable")[:, :50]
+    assert kind == "flat" and index.ntotal == len(items)
+    np.testing.assert_array_equal(rows, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(brute, expected, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_kind_chosen_from_catalogue_size():
+    assert choose_kind(FLAT_MAX_ITEMS) == "flat"
+    assert choose_kind(FLAT_MAX_ITEMS + 1) in ("hnsw", "ivf")
+    items = np.zeros((10, 4), dtype=np.float32)
+    assert build_index(items)[1] == "flat"
+    with pytest.raises(ValueError, match="unknown index kind"):
+        build_index(items, "lsh")
+
+
+@pytest.mark.parametrize("kind, param", [("hnsw", "efSearch"), ("ivf", "nprobe")])
+def test_tuned_approximate_index_reaches_recall_on_held_out_queries(catalogue, kind, param):
+    index, built = build_index(catalogue, kind)
+    tuned = tune_index(index, catalogue, perturbed_queries(catalogue, 200, seed=1))
+    assert built == kind and set(tuned["params"]) == {param}
+    held_out = perturbed_queries(catalogue, 200, seed=2)       # never seen by the tuner
+    recall = recall_at_k(index.search(held_out, 100)[1], exact_top_k(catalogue, held_out, 100))
+    assert recall >= 0.95
+
+
+def test_params_survive_serialisation_when_reapplied(catalogue, tmp_path):
+    index, _ = build_index(catalogue[:5000], "hnsw")
+    apply_params(index, {"efSearch": 300})
+    faiss.write_index(index, str(tmp_path / "i.faiss"))
+    loaded = faiss.read_index(str(tmp_path / "i.faiss"))
+    apply_params(loaded, {"efSearch": 300})
+    assert loaded.hnsw.efSearch == 300
+    ivf, _ = build_index(catalogue[:5000], "ivf")
+    apply_params(ivf, {"nprobe": 7})
+    assert faiss.extract_index_ivf(ivf).nprobe == 7
+
+
+def test_flat_needs_no_tuning_and_unreachable_target_is_an_error(catalogue):
+    flat, _ = build_index(catalogue[:2000], "flat")
+    assert tune_index(flat, catalogue[:2000], catalogue[:10]) == {"params": {}, "recall_at_k": 1.0, "k": 100}
+    hnsw, _ = build_index(catalogue[:2000], "hnsw", hnsw_m=4, ef_construction=8)
+    with pytest.raises(IndexTuningError, match="recall@100"):
+        tune_index(hnsw, catalogue[:2000], perturbed_queries(catalogue[:2000], 50), target_recall=1.01)
+
+
+def test_recall_at_k_counts_overlap():
+    exact = np.array([[1, 2, 3, 4]])
+    assert recall_at_k(np.array([[4, 3, 9, -1]]), exact) == 0.5
