@@ -1,0 +1,153 @@
+"""`mind export --run RUN_DIR --out BUNDLE_DIR`: a trained run -> a verified serving bundle.
+
+Reads the run directory of docs/architecture.md, scripts the user tower, takes the item
+vectors without the padding row, and writes the bundle with ``model.bundle.write_bundle``
+(atomic; an existing bundle root gets a new version). The written bundle is loaded back with
+``load_bundle`` before the command reports success. Exit codes: 0 ok, 2 bad input (missing or
+incomplete run, existing bundle without --force), 1 the written bundle failed verification.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.bundle import BundleError, load_bundle, prepare_histories, write_bundle
+from model.index import INDEX_KINDS, IndexTuningError, choose_kind
+
+RUN_FILES = ("config.json", "checkpoint.pt", "vocab.json", "popularity.json", "metrics.json")
+N_TUNE_HISTORIES = 256
+POPULARITY_SMOOTHING = 10.0   # rank offset of the 1/(rank + c) history sampler
+
+
+class RunError(ValueError):
+    """The run directory is missing or incomplete; the message names the file."""
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, type=Path, help="run directory written by `mind train`")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="bundle directory to create; an existing non-bundle directory is a "
+                             "bundle root and gets a new version <created>-<model_version> inside")
+    parser.add_argument("--index", choices=INDEX_KINDS, default=None,
+                        help="FAISS index type (default: flat up to 200k items, ivf above)")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+
+
+def read_run_json(run_dir: Path, name: str, expected_type: type):
+    """A JSON file of the run whose top level must be ``expected_type``."""
+    path = run_dir / name
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise RunError(f"{path}: missing (is {run_dir} a finished `mind train` run?)") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(value, expected_type):
+        raise RunError(f"{path}: expected a JSON {expected_type.__name__}")
+    return value
+
+
+def run_max_len(config: dict, run_dir: Path) -> int:
+    """The history length the model was trained with (model config, else train config)."""
+    for section in ("model", "train"):
+        value = config.get(section, {}).get("max_len")
+        if value is not None:
+            return int(value)
+    raise RunError(f"{run_dir / 'config.json'}: no max_len in its model or train section")
+
+
+def tower_queries(tower: torch.jit.ScriptModule, popular_rows: np.ndarray, max_len: int,
+                  n_profile: int, n_histories: int = N_TUNE_HISTORIES, seed: int = 0) -> np.ndarray:
+    """Active capsules (Q, d) float32 of the tower on sampled histories, to tune an index on.
+
+    Histories of random length 1..max_len draw items with probability ~ 1/(rank + c) of
+    their popularity rank, like real histories, which lean towards popular items.
+    """
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / (np.arange(len(popular_rows)) + POPULARITY_SMOOTHING)
+    weights /= weights.sum()
+    lengths = rng.integers(1, max_len + 1, n_histories)
+    histories = [popular_rows[rng.choice(len(popular_rows), n, p=weights)] + 1 for n in lengths]
+    history = torch.from_numpy(prepare_histories(histories, max_len))          # (B, L)
+    profile = torch.zeros(n_histories, n_profile, dtype=torch.int64)           # (B, P) unknown
+    with torch.no_grad():
+        capsules, active = tower(history, profile)[:2]                         # (B, K, d), (B, K)
+    return np.ascontiguousarray(capsules[active].numpy(), dtype=np.float32)    # (Q, d)
+
+
+def read_run(run_dir: Path) -> dict:
+    """Every run file the bundle needs except the model; RunError names what is missing."""
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run directory")
+    for name in RUN_FILES:
+        if not (run_dir / name).is_file():
+            raise RunError(f"{run_dir / name}: missing (is {run_dir} a finished `mind train` run?)")
+    config = read_run_json(run_dir, "config.json", dict)
+    vocab = read_run_json(run_dir, "vocab.json", dict)
+    if not isinstance(vocab.get("items"), list) or len(vocab["items"]) < 2:
+        raise RunError(f"{run_dir / 'vocab.json'}: no item vocabulary")
+    popularity = np.asarray(read_run_json(run_dir, "popularity.json", list), dtype=np.int64)
+    metrics = read_run_json(run_dir, "metrics.json", dict)
+    return {"config": config, "vocab": vocab, "popular_rows": popularity[popularity > 0] - 1,
+            "metrics": {k: v for k, v in metrics.items() if k != "history"},
+            "max_len": run_max_len(config, run_dir)}
+
+
+def load_model(run_dir: Path):
+    """The trained MIND of the run, in eval mode on CPU."""
+    from model.run import load_run  # imported late: `mind export --help` stays fast
+
+    try:
+        model, _ = load_run(run_dir)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise RunError(f"{run_dir}: cannot rebuild the model: {err}") from err
+    return model.cpu().eval()
+
+
+def export_run(run_dir: Path, out_dir: Path, index_type: str | None = None, force: bool = False) -> Path:
+    """Export ``run_dir`` into a bundle at (or, for a bundle root, inside) ``out_dir``."""
+    run = read_run(run_dir)
+    model = load_model(run_dir)
+    tower = torch.jit.script(model.user_tower()).eval()
+    with torch.no_grad():
+        item_vectors = model.item_vectors().detach().cpu().numpy()[1:]       # (n_items, d)
+    item_ids = run["vocab"]["items"][1:]
+    if len(item_ids) != len(item_vectors):
+        raise RunError(f"{run_dir / 'vocab.json'}: {len(item_ids)} items but the model has {len(item_vectors)}")
+    profile_vocab = run["vocab"].get("user_profile", {})
+    index_type = index_type or choose_kind(len(item_ids))
+    ranked = run["popular_rows"] if len(run["popular_rows"]) else np.arange(len(item_ids))
+    queries = None if index_type == "flat" else tower_queries(tower, ranked, run["max_len"], len(profile_vocab))
+    config = run["config"]
+    return write_bundle(
+        out_dir, tower=tower, item_vectors=item_vectors, item_ids=item_ids,
+        profile_vocab=profile_vocab, popular_rows=run["popular_rows"],
+        hyperparameters={"model": config.get("model", {}), "train": config.get("train", {})},
+        metrics=run["metrics"], index_type=index_type, max_len=run["max_len"],
+        data=config.get("data", {}), tune_queries=queries, force=force)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        path = export_run(args.run, args.out, args.index, args.force)
+    except (RunError, FileExistsError, ValueError) as err:
+        print(f"mind export: {err}", file=sys.stderr)
+        return 2
+    except IndexTuningError as err:
+        print(f"mind export: index tuning failed: {err}", file=sys.stderr)
+        return 1
+    try:
+        bundle = load_bundle(path)
+    except BundleError as err:
+        print(f"mind export: the written bundle does not verify: {err}", file=sys.stderr)
+        return 1
+    index = bundle.manifest["index"]
+    print(f"mind export: bundle {path} (model_version {bundle.model_version[:12]}, "
+          f"{len(bundle.item_ids)} items, d={bundle.dim}, K={bundle.n_interests}, "
+          f"index {index['type']} {index['params']} recall@{index['tuned_k']}={index['tuned_recall_at_k']:.3f})")
+    return 0
