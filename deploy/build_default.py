@@ -25,7 +25,6 @@ SYNTHETIC = "synthetic"
 DEFAULT_TRAIN_ARGS = "--epochs 8 --device auto"
 EXAMPLE_HISTORY_LEN = 3  # items in the printed curl example's history
 RUN_DONE_MARKER = "metrics.json"  # written by `mind train` once the run is complete
-BUNDLE_DONE_MARKER = "manifest.json"  # export is atomic: present means complete
 
 
 def resolve_data(environ: dict[str, str], local_ml100k: Path = LOCAL_ML100K) -> str:
@@ -58,11 +57,23 @@ def run_step(name: str, argv: list[str]) -> None:
         raise SystemExit(status)
 
 
+def find_bundle(bundle_dir: Path) -> Path | None:
+    """The bundle `mind serve --bundle bundle_dir` would load (the directory itself, or the
+    newest version in it when it is a bundle root), or None when there is none yet.
+    Export is atomic, so a bundle found here is complete."""
+    from model.bundle import BundleError, latest_bundle  # imports torch: only when needed
+    try:
+        return latest_bundle(bundle_dir)
+    except BundleError:
+        return None
+
+
 def build(run_dir: Path, bundle_dir: Path, data: str, train_args: str) -> None:
     """Train into `run_dir` unless a finished run is there, then export into `bundle_dir`
     unless a bundle is there. Idempotent: a second call does nothing."""
-    if (bundle_dir / BUNDLE_DONE_MARKER).is_file():
-        print(f"build_default: bundle {bundle_dir} exists, reusing it", flush=True)
+    existing = find_bundle(bundle_dir)
+    if existing is not None:
+        print(f"build_default: bundle {existing} exists, reusing it", flush=True)
         return
     if (run_dir / RUN_DONE_MARKER).is_file():
         print(f"build_default: run {run_dir} exists, reusing it", flush=True)
@@ -98,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         data = resolve_data(dict(os.environ))
         build(run_dir, bundle_dir, data, os.environ.get("MIND_TRAIN_ARGS", DEFAULT_TRAIN_ARGS))
         return 0
-    print(f"mind-recall: serving {bundle_dir} on port {args.port}; "
+    bundle = find_bundle(bundle_dir)
+    if bundle is None:
+        print(f"entrypoint: no bundle at {bundle_dir} (run 'entrypoint.sh train' first)", file=sys.stderr)
+        return 1
+    print(f"mind-recall: serving {bundle} on port {args.port}; "
           f"once `curl -s http://localhost:{args.port}/readyz` answers, try:\n"
-          f"  {curl_example(bundle_dir, args.port)}", flush=True)
+          f"  {curl_example(bundle, args.port)}", flush=True)
     return 0
 
 

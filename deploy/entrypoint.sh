@@ -34,10 +34,7 @@ build_bundle() {
 }
 
 serve_bundle() {
-    if [ ! -f "$BUNDLE_DIR/manifest.json" ]; then
-        echo "entrypoint: no bundle at $BUNDLE_DIR (run 'entrypoint.sh train' first)" >&2
-        exit 1
-    fi
+    # Prints a curl example for the bundle, or fails with a message when there is none.
     "$PYTHON" "$DEPLOY_DIR/build_default.py" example --port "$PORT"
     # exec: the server becomes this process, so SIGTERM from make/docker reaches it directly.
     # shellcheck disable=SC2086  # MIND_SERVE_ARGS is a list of options, split on purpose
