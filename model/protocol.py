@@ -1,0 +1,149 @@
+"""The evaluation protocol (mind-spec section 3) over arrays: rank every method, score them.
+
+One code path for every source of capsules: a trained run (eager tower) and a bundle
+(TorchScript tower + its own FAISS index) both become a ``MindRetriever`` around a
+*capsule function*; the baselines rank from the same held-out users. Everything is in the
+dataset's row space (``row = item index - 1``) when it reaches the metric code.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+import torch
+
+from model.baselines import item_counts, item_cf_topn, popularity_topn
+from model.metrics import evaluate_rankings, recall_curve
+from model.retrieval import multi_interest_topn
+
+# (histories (U, L) int64 item indices, profiles (U, P) int64) -> (capsules (U, K, d) float32,
+# active (U, K) bool), in the capsule source's own index space (see MindRetriever).
+CapsuleFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+CUTOFFS = (20, 50)          # the protocol's N
+CURVE_MAX_N = 100           # Recall@N plotted for N = 1..CURVE_MAX_N
+USERS_PER_TOWER_CALL = 1024
+SETTINGS = {"history_included": False, "history_excluded": True}  # name -> exclude history?
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Evaluated users under the protocol, in dataset index space.
+
+    histories (U, max_len) int64 item indices, left-padded with 0, most recent last (the
+    first 80% of each sequence); profile_values: feature -> (U,) str external values ("" =
+    unknown); target_rows: per user the rows of the remaining 20%; train_sequences: TRAIN
+    users' item-index sequences (for the baselines).
+    """
+    histories: np.ndarray
+    profile_values: dict[str, np.ndarray]
+    target_rows: list[np.ndarray]
+    train_sequences: list[np.ndarray]
+    n_items: int
+
+    def history_rows(self) -> list[np.ndarray]:
+        """Per user the rows of the history window (what 'exclude history' removes)."""
+        return [np.unique(h[h > 0]) - 1 for h in self.histories]
+
+
+@dataclass(frozen=True)
+class MindRetriever:
+    """A capsule source plus the item index its capsules search.
+
+    ``index`` holds item vectors (n_index, d) or a FAISS index over them. When the source
+    numbers items differently from the dataset (a bundle), ``index_of_dataset_row`` (n_items,)
+    maps dataset rows to index rows (-1 = absent) and ``dataset_of_index_row`` (n_index,) maps
+    back; ``None`` means identical numbering. ``capsule_fn`` receives histories already in the
+    source's index space (``index row + 1``, 0 = pad) and profiles (U, P) encoded with
+    ``profile_vocab`` (feature -> value -> index, 0 = unknown) in ``profile_features`` order.
+    """
+    capsule_fn: CapsuleFn
+    index: np.ndarray | faiss.Index
+    index_of_dataset_row: np.ndarray | None = None
+    dataset_of_index_row: np.ndarray | None = None
+    profile_features: tuple[str, ...] = ()
+    profile_vocab: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def encode_profiles(self, profile_values: dict[str, np.ndarray], n_users: int) -> np.ndarray:
+        """(U, P) int64 tower input; a feature absent from the data is all unknown (0)."""
+        columns = [np.array([self.profile_vocab.get(f, {}).get(v, 0) for v in profile_values[f]], dtype=np.int64)
+                   if f in profile_values else np.zeros(n_users, dtype=np.int64)
+                   for f in self.profile_features]
+        return np.stack(columns, axis=1) if columns else np.zeros((n_users, 0), dtype=np.int64)
+
+
+def tower_capsule_fn(tower: torch.nn.Module, max_len: int, device: torch.device | str = "cpu") -> CapsuleFn:
+    """Capsule function over a user tower (eager or TorchScript) following the tower contract.
+
+    Histories wider than the tower's ``max_len`` keep their most recent ``max_len`` columns.
+    """
+    def capsules_of(histories: np.ndarray, profiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        histories = histories[:, -max_len:]                                  # (U, <= max_len)
+        caps, actives = [], []
+        with torch.no_grad():
+            for start in range(0, len(histories), USERS_PER_TOWER_CALL):
+                stop = start + USERS_PER_TOWER_CALL
+                h = torch.as_tensor(histories[start:stop], dtype=torch.int64, device=device)  # (B, L)
+                p = torch.as_tensor(profiles[start:stop], dtype=torch.int64, device=device)   # (B, P)
+                capsules, active = tower(h, p)[:2]                                             # (B, K, d), (B, K)
+                caps.append(capsules.float().cpu().numpy())
+                actives.append(active.bool().cpu().numpy())
+        return np.concatenate(caps), np.concatenate(actives)
+    return capsules_of
+
+
+def _indices_to_space(histories: np.ndarray, mapping: np.ndarray | None) -> np.ndarray:
+    """Dataset item indices (U, L) (0 = pad) -> the source's indices; unknown items become pad."""
+    if mapping is None:
+        return histories
+    out = np.zeros_like(histories)
+    real = histories > 0
+    mapped = mapping[histories[real] - 1]                               # source rows, -1 = absent
+    out[real] = np.where(mapped >= 0, mapped + 1, 0)
+    return out
+
+
+def _rows_to_space(rows: np.ndarray, mapping: np.ndarray | None) -> np.ndarray:
+    """Rows -> rows of the other numbering; rows ``-1`` or absent there are dropped/kept -1."""
+    if mapping is None:
+        return rows
+    return np.where(rows >= 0, mapping[np.maximum(rows, 0)], -1)
+
+
+def mind_topn(retriever: MindRetriever, held: HeldOut, n: int, exclude_history: bool) -> np.ndarray:
+    """(U, n) dataset rows retrieved by a MIND capsule source (full catalogue, merged lists)."""
+    histories = _indices_to_space(held.histories, retriever.index_of_dataset_row)     # (U, L)
+    profiles = retriever.encode_profiles(held.profile_values, len(histories))         # (U, P)
+    capsules, active = retriever.capsule_fn(histories, profiles)                       # (U, K, d), (U, K)
+    exclude = None
+    if exclude_history:
+        mapped = (_rows_to_space(r, retriever.index_of_dataset_row) for r in held.history_rows())
+        exclude = [r[r >= 0] for r in mapped]
+    ranked = multi_interest_topn(capsules, active, retriever.index, n, exclude)        # (U, n) source rows
+    return _rows_to_space(ranked, retriever.dataset_of_index_row)
+
+
+def rank_all(held: HeldOut, retrievers: dict[str, MindRetriever], n: int = CURVE_MAX_N
+             ) -> dict[str, dict[str, np.ndarray]]:
+    """setting -> method -> (U, n) ranked dataset rows, for MIND sources and both baselines."""
+    counts = item_counts(held.train_sequences, held.n_items)
+    rankings: dict[str, dict[str, np.ndarray]] = {}
+    for setting, exclude_history in SETTINGS.items():
+        exclude = held.history_rows() if exclude_history else None
+        per_method = {name: mind_topn(r, held, n, exclude_history) for name, r in retrievers.items()}
+        per_method["item-CF"] = item_cf_topn(held.train_sequences, held.histories, held.n_items, n, exclude)
+        per_method["popularity"] = popularity_topn(counts, len(held.histories), n, exclude)
+        rankings[setting] = per_method
+    return rankings
+
+
+def score_all(rankings: dict[str, dict[str, np.ndarray]], target_rows: list[np.ndarray]
+              ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, list[float]]]]:
+    """(setting -> method -> metrics @CUTOFFS, setting -> method -> Recall@1..CURVE_MAX_N)."""
+    metrics = {s: {m: evaluate_rankings(r, target_rows, CUTOFFS) for m, r in per.items()}
+               for s, per in rankings.items()}
+    curves = {s: {m: recall_curve(r, target_rows, CURVE_MAX_N).tolist() for m, r in per.items()}
+              for s, per in rankings.items()}
+    return metrics, curves

@@ -1,0 +1,74 @@
+"""The evaluation report: a Markdown table per setting and the Recall@N plot."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SETTING_TITLES = {
+    "history_included": "History items NOT excluded from the candidates",
+    "history_excluded": "History items excluded from the candidates",
+}
+METRIC_COLUMNS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "hitrate@20", "hitrate@50")
+
+
+def metrics_table(per_method: dict[str, dict[str, float]]) -> str:
+    """Markdown table: one row per method, one column per metric (4 decimals)."""
+    head = "| method | " + " | ".join(METRIC_COLUMNS) + " |"
+    rule = "| --- |" + " ---: |" * len(METRIC_COLUMNS)
+    rows = [f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in METRIC_COLUMNS) + " |"
+            for name, m in per_method.items()]
+    return "\n".join([head, rule, *rows])
+
+
+def render_markdown(result: dict, command: str, plot_note: str) -> str:
+    """The whole report.md: what was evaluated, how, one table per setting, the plot."""
+    src = result["source"]
+    lines = [
+        "# MIND evaluation (ComiRec protocol)", "",
+        f"Command: `{command}`", "",
+        f"- source: {src['kind']} `{src['path']}`",
+        f"- data: `{src['data']}`; split `{src['split']}`: {src['n_users']} users, "
+        f"{src['n_items']} items, full-catalogue retrieval (FAISS exact inner product for runs, "
+        "the bundle's own index for bundles), capsules' lists merged by score",
+        "- history = first 80% of each sequence (last max_len items), targets = remaining 20%",
+    ]
+    lines += [f"- {name}: not evaluated ({why})" for name, why in result.get("missing", {}).items()]
+    for setting, per_method in result["metrics"].items():
+        lines += ["", f"## {SETTING_TITLES.get(setting, setting)}", "", metrics_table(per_method)]
+    lines += ["", "## Recall@N, N = 1..100", "", plot_note, ""]
+    return "\n".join(lines)
+
+
+def plot_recall_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> str:
+    """Draw Recall@N per method (one panel per setting) into ``path``; return a report line.
+
+    Without matplotlib (the ``plot`` extra) nothing is drawn and the line says so.
+    """
+    if importlib.util.find_spec("matplotlib") is None:
+        return "matplotlib is not installed (`pip install mind-recall[plot]`): no plot drawn."
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.5), squeeze=False)
+    for ax, (setting, per_method) in zip(axes[0], curves.items()):
+        for name, curve in per_method.items():
+            ax.plot(range(1, len(curve) + 1), curve, label=name)
+        ax.set(title=SETTING_TITLES.get(setting, setting), xlabel="N", ylabel="Recall@N")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"![Recall@N]({path.name})"
+
+
+def write_report(result: dict, curves: dict[str, dict[str, list[float]]], out_dir: Path,
+                 command: str) -> list[Path]:
+    """Write report.md (and recall_curve.png when matplotlib is present); return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / "recall_curve.png"
+    note = plot_recall_curves(curves, png)
+    report = out_dir / "report.md"
+    report.write_text(render_markdown(result, command, note), encoding="utf-8")
+    return [report, png] if png.exists() else [report]
