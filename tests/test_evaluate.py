@@ -105,3 +105,23 @@ def test_report_and_plot_are_written(tmp_path):
     pytest.importorskip("matplotlib")
     assert (tmp_path / "eval" / "recall_curve.png").stat().st_size > 1000
     assert len(written) == 2
+
+
+@pytest.mark.parametrize("flag, setup, message", [
+    ("--run", None, "no such run directory"),
+    ("--run", "dir", "config.json: file not found"),
+    ("--run", "bad_json", "config.json: not valid JSON"),
+    ("--bundle", None, "no such bundle"),
+    ("--bundle", "dir", "holds no bundle"),
+])
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys, flag, setup, message):
+    from mind_recall.cli import main
+
+    target = tmp_path / "thing"
+    if setup in ("dir", "bad_json"):
+        target.mkdir()
+    if setup == "bad_json":
+        (target / "config.json").write_text("{not json")
+    assert main(["evaluate", flag, str(target)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
