@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from model.baselines import item_cf_scores, item_cf_topn, item_counts, popularity_topn
+from model.baselines import fit_item_cf, item_cf_scores, item_cf_topn, item_counts, popularity_topn
 
 # Train users' sequences (item indices, 0 = pad); rows are index - 1.
 TRAIN = [np.array([1, 2]), np.array([1, 2, 3]), np.array([3, 4])]
@@ -27,11 +27,11 @@ def test_popularity_same_list_minus_exclusions():
 def test_item_cf_scores_hand_computed():
     # n_i = (2, 2, 2, 1); co(1,2) = 2, co(1,3) = co(2,3) = 1, co(3,4) = 1.
     histories = np.array([[0, 1], [3, 4]])
-    scores = item_cf_scores(TRAIN, histories, N_ITEMS)
+    scores = item_cf_scores(fit_item_cf(TRAIN, N_ITEMS), histories)
     np.testing.assert_allclose(scores[0], [0.0, 1.0, 0.5, 0.0], atol=1e-6)
     s = 1 / math.sqrt(2)
     np.testing.assert_allclose(scores[1], [0.5, 0.5, s, s], atol=1e-6)
-    with_self = item_cf_scores(TRAIN, histories, N_ITEMS, include_self=True)
+    with_self = item_cf_scores(fit_item_cf(TRAIN, N_ITEMS), histories, include_self=True)
     np.testing.assert_allclose(with_self - scores, [[1, 0, 0, 0], [0, 0, 1, 1]], atol=1e-6)
 
 
@@ -44,5 +44,18 @@ def test_item_cf_topn_ranks_and_drops_zero_scores():
 
 def test_item_cf_ignores_items_unseen_in_training():
     # Item 5 (row 4) never occurs in TRAIN: it contributes nothing and is never recommended.
-    got = item_cf_scores(TRAIN, np.array([[5, 0]]), 5)
+    got = item_cf_scores(fit_item_cf(TRAIN, 5), np.array([[5, 0]]))
     np.testing.assert_array_equal(got, np.zeros((1, 5)))
+
+
+def test_item_cf_blocks_do_not_change_results(monkeypatch):
+    import model.baselines as baselines
+
+    rng = np.random.default_rng(0)
+    train = [rng.choice(np.arange(1, 31), 8, replace=False) for _ in range(20)]
+    histories = np.stack([np.concatenate([[0, 0], rng.choice(np.arange(1, 31), 4, replace=False)])
+                          for _ in range(7)])
+    exclude = [h[h > 0] - 1 for h in histories]
+    whole = item_cf_topn(train, histories, 30, 10, exclude)
+    monkeypatch.setattr(baselines, "CF_USERS_PER_BLOCK", 2)
+    np.testing.assert_array_equal(item_cf_topn(train, histories, 30, 10, exclude), whole)
