@@ -1,0 +1,157 @@
+"""The FastAPI application: thin routes over ServiceState (bundle, batcher, metrics).
+
+Routes only translate HTTP to calls: validate -> ``to_query`` -> batcher -> serialised answer.
+Answers are built as dicts and serialised once (``json.dumps``); ``response_model`` keeps
+the OpenAPI contract without validating every answer on the hot path.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+
+import faiss
+import torch
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from model.bundle import BundleError
+from service.batcher import Batcher, DeadlineError, QueueFullError
+from service.metrics import ServiceMetrics
+from service.observability import RequestContextMiddleware
+from service.operations import add_operational_routes
+from service.pipeline import RecallQuery, recall_batch
+from service.queries import LimitError, to_query
+from service.schemas import ErrorResponse, RecallRequest, RecallResponse
+from service.settings import Settings
+from service.state import ServiceState, get_state
+
+log = logging.getLogger("service.app")
+ENDPOINTS = frozenset({"/recall", "/recall/batch", "/healthz", "/readyz", "/version", "/metrics", "/admin/reload"})
+ERRORS = {code: {"model": ErrorResponse} for code in (413, 422, 503)}
+
+
+def _unavailable(state: ServiceState, reason: str) -> HTTPException:
+    return HTTPException(503, reason, headers={"Retry-After": str(state.settings.retry_after_s)})
+
+
+def _run_batch(state: ServiceState, queries: list[RecallQuery]) -> list[dict]:
+    """Worker-thread body of one batch, on the bundle current when the batch starts."""
+    answers, times = recall_batch(state.bundle, queries, state.options)
+    state.metrics.batch_size.observe(len(queries))
+    for stage in ("tower", "search", "merge"):
+        state.metrics.stage_seconds.labels(stage=stage).observe(getattr(times, f"{stage}_s"))
+    return answers
+
+
+def _observe_batch(state: ServiceState, size: int, waits_s: list[float]) -> None:
+    queue_stage = state.metrics.stage_seconds.labels(stage="queue")
+    for wait in waits_s:
+        queue_stage.observe(wait)
+
+
+async def answer(state: ServiceState, query: RecallQuery, started: float) -> dict:
+    """Queue one query and wait for its answer; 503 on a full queue or a passed deadline."""
+    if state.served is None:
+        raise _unavailable(state, f"not ready: {state.not_ready_reason}")
+    remaining_s = state.settings.request_timeout_ms / 1000 - (time.perf_counter() - started)
+    try:
+        result = await state.batcher.submit(query, remaining_s)
+    except QueueFullError as err:
+        state.metrics.rejected.labels(reason="queue_full").inc()
+        raise _unavailable(state, f"overloaded: {err}") from None
+    except DeadlineError as err:
+        state.metrics.rejected.labels(reason="deadline").inc()
+        raise _unavailable(state, f"request deadline passed: {err}") from None
+    state.metrics.observe_answer(result)
+    return dict(result, took_ms=round((time.perf_counter() - started) * 1000, 3))
+
+
+def _json(body) -> Response:
+    return Response(json.dumps(body).encode(), media_type="application/json")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    state: ServiceState = app.state.service
+    settings = state.settings
+    torch.set_num_threads(settings.torch_threads)
+    faiss.omp_set_num_threads(settings.faiss_threads)
+    state.batcher = Batcher(lambda queries: _run_batch(state, queries), max_batch_size=settings.max_batch_size,
+                            wait_s=settings.batch_wait_ms / 1000, max_queue=settings.max_queue,
+                            on_batch=lambda size, waits: _observe_batch(state, size, waits))
+    state.metrics.queue_depth.set_function(lambda: state.batcher.depth)
+    state.batcher.start()
+    if settings.bundle is not None:
+        with contextlib.suppress(BundleError):  # logged, counted; /readyz says why
+            await state.load(settings.bundle)
+    watcher = None
+    if settings.watch_interval_s > 0 and state.root is not None:
+        watcher = asyncio.get_running_loop().create_task(state.watch(settings.watch_interval_s))
+    elif state.served is None:
+        log.error("not ready and not watching: set MIND_WATCH_INTERVAL_S or POST /admin/reload",
+                  extra={"reason": state.not_ready_reason})
+    yield
+    if watcher is not None:
+        watcher.cancel()
+    await state.batcher.drain_and_stop()
+    log.info("drained and stopped")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        errors = jsonable_encoder(exc.errors(), exclude={"input", "url", "ctx"})
+        message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        return JSONResponse({"error": message, "detail": errors}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.error("internal error", exc_info=exc, extra={"request_id": request.scope.get("state", {}).get("request_id")})
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}; see the server log"}, status_code=500)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service app; ``settings`` default to the environment (MIND_*)."""
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+    app = FastAPI(title="mind-recall", version="1", lifespan=lifespan,
+                  description="Multi-interest (MIND) candidate recall over a verified bundle.")
+    app.state.service = ServiceState(settings, metrics)
+    _install_error_handlers(app)
+    _add_recall_routes(app)
+    add_operational_routes(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                       log_requests=settings.log_requests, endpoints=ENDPOINTS)
+    return app
+
+
+def _add_recall_routes(app: FastAPI) -> None:
+    @app.post("/recall", response_model=RecallResponse, responses=ERRORS)
+    async def recall(body: RecallRequest, state: ServiceState = Depends(get_state)):
+        started = time.perf_counter()
+        try:
+            query = to_query(body, state.settings, state.bundle)
+        except LimitError as err:
+            raise HTTPException(422, str(err)) from None
+        return _json(await answer(state, query, started))
+
+    @app.post("/recall/batch", response_model=list[RecallResponse], responses=ERRORS)
+    async def recall_many(body: list[RecallRequest], state: ServiceState = Depends(get_state)):
+        started = time.perf_counter()
+        if len(body) > state.settings.max_batch_requests:
+            raise HTTPException(422, f"{len(body)} requests; the maximum per batch is "
+                                     f"{state.settings.max_batch_requests}")
+        try:
+            queries = [to_query(r, state.settings, state.bundle, f"[{i}].") for i, r in enumerate(body)]
+        except LimitError as err:
+            raise HTTPException(422, str(err)) from None
+        return _json(list(await asyncio.gather(*(answer(state, q, started) for q in queries))))

@@ -1,0 +1,127 @@
+"""JSON-line logs and the ASGI middleware that gives every request an id, a body-size limit,
+a log line and its request metrics."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+
+from service.metrics import ServiceMetrics
+
+REQUEST_ID_HEADER = b"x-request-id"
+_VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+_STANDARD_RECORD_KEYS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
+                                                                                     "color_message", "taskName"}
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra=`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+                 "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_KEYS})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str) -> None:
+    """Route every logger (uvicorn's included) to stderr as JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLineFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+def _json_response(status: int, body: dict, request_id: bytes):
+    payload = json.dumps(body).encode()
+    start = {"type": "http.response.start", "status": status,
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                         (REQUEST_ID_HEADER, request_id)]}
+    return start, {"type": "http.response.body", "body": payload}
+
+
+class RequestContextMiddleware:
+    """Pure ASGI (cheaper than BaseHTTPMiddleware on the hot path)."""
+
+    def __init__(self, app, *, metrics: ServiceMetrics, max_body_bytes: int, log_requests: bool,
+                 endpoints: frozenset[str]) -> None:
+        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+        self.log_requests, self.endpoints = log_requests, endpoints
+        self.log = logging.getLogger("service.request")
+
+    def _request_id(self, scope) -> bytes:
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER and _VALID_REQUEST_ID.match(value):
+                return value
+        return uuid.uuid4().hex.encode()
+
+    def _declared_length(self, scope) -> int:
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                return int(value) if value.isdigit() else 0
+        return 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        request_id = self._request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id.decode()
+        status = [500]
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = list(message.get("headers", [])) + [(REQUEST_ID_HEADER, request_id)]
+            await send(message)
+
+        try:
+            replay = await self._buffered_body(scope, receive)
+            if replay is None:
+                status[0] = 413
+                for message in _json_response(413, {"error": f"request body larger than {self.max_body_bytes} bytes"},
+                                              request_id):
+                    await send(message)
+                return
+            await self.app(scope, replay, send_with_id)
+        finally:
+            self._record(scope, status[0], time.perf_counter() - started, request_id)
+
+    async def _buffered_body(self, scope, receive):
+        """Read the whole body (bounded) before the app sees it; None when it is too large.
+        Returns a ``receive`` that replays it, then defers to the real one (disconnects)."""
+        if self._declared_length(scope) > self.max_body_bytes:
+            return None
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive if not chunks else None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return None
+            more = message.get("more_body", False)
+        body = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay():
+            return body.pop() if body else await receive()
+        return replay
+
+    def _record(self, scope, status: int, took_s: float, request_id: bytes) -> None:
+        path = scope["path"]
+        endpoint = path if path in self.endpoints else "other"
+        self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+        self.metrics.request_seconds.labels(endpoint=endpoint).observe(took_s)
+        if self.log_requests:
+            self.log.info("request", extra={"request_id": request_id.decode(), "method": scope["method"],
+                                            "path": path, "status": status, "took_ms": round(took_s * 1000, 3)})

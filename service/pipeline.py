@@ -1,0 +1,186 @@
+"""One batch of recall requests through the bundle: request -> tower -> search -> merge -> response.
+
+Each step is a named function; :func:`recall_batch` chains them and times the stages. It runs
+in the batcher's single worker thread (never on the event loop) and is also what
+``bench/pipeline.py`` measures without HTTP. Ids are resolved here, against the very bundle
+that answers, so a reload between arrival and execution can never mix two catalogues.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from model.bundle import Bundle
+from service import retrieval
+
+PADDING = 0  # tower item index of an empty history slot
+
+
+@dataclass(frozen=True)
+class RecallQuery:
+    """One validated request, still in external ids (bundle independent)."""
+    history: tuple[str, ...]
+    profile: dict[str, str] = field(default_factory=dict)
+    top_n: int = 50
+    exclude_history: bool = True
+    exclude: tuple[str, ...] = ()
+    max_interests: int | None = None
+    explain: bool = False
+
+
+@dataclass(frozen=True)
+class RetrievalOptions:
+    merge_policy: str = "score"        # "score" | "round_robin"
+    overfetch: int = 8                 # extra candidates per capsule
+    explain_items: int = 3             # history items per interest in explanations
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage for one batch."""
+    tower_s: float = 0.0
+    search_s: float = 0.0
+    merge_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    history: np.ndarray            # (B, max_len) int64 tower indices, left-padded, newest last
+    profile: np.ndarray            # (B, P) int64 profile value indices (0 = unknown)
+    unknown: np.ndarray            # (B,) int64 history ids not in the catalogue
+    excluded: list[np.ndarray]     # per request, rows it must not get (unique int64)
+
+
+def encode_queries(bundle: Bundle, queries: list[RecallQuery]) -> EncodedBatch:
+    """External ids -> tower inputs. Unknown items are dropped and counted; the newest
+    ``max_len`` known items are kept."""
+    row_of, max_len = bundle.row_of, bundle.max_len
+    history = np.zeros((len(queries), max_len), dtype=np.int64)                 # (B, L)
+    profile = np.zeros((len(queries), len(bundle.profile_features)), dtype=np.int64)  # (B, P)
+    unknown = np.zeros(len(queries), dtype=np.int64)
+    excluded = []
+    for b, query in enumerate(queries):
+        known = [row_of[i] for i in query.history if i in row_of]
+        unknown[b] = len(query.history) - len(known)
+        recent = known[-max_len:]
+        if recent:
+            history[b, max_len - len(recent):] = np.asarray(recent, dtype=np.int64) + 1
+        dropped = [row_of[i] for i in query.exclude if i in row_of]
+        if query.exclude_history:
+            dropped += known
+        excluded.append(np.unique(np.asarray(dropped, dtype=np.int64)))
+        for p, feature in enumerate(bundle.profile_features):
+            value = query.profile.get(feature)
+            profile[b, p] = bundle.profile_vocab[feature].get(value, 0) if value is not None else 0
+    return EncodedBatch(history, profile, unknown, excluded)
+
+
+def run_tower(bundle: Bundle, history: np.ndarray, profile: np.ndarray):
+    """history (B, L) int64, profile (B, P) int64 -> capsules (B, K, d) float32,
+    active (B, K) bool, weights (B, K, L) float32, as numpy on the CPU."""
+    with torch.inference_mode():
+        capsules, active, weights = bundle.tower(
+            torch.from_numpy(history).to(bundle.device), torch.from_numpy(profile).to(bundle.device))
+    return (capsules.float().cpu().numpy(), active.cpu().numpy().astype(bool),
+            weights.float().cpu().numpy())
+
+
+def cap_interests(active: np.ndarray, max_interests: np.ndarray) -> np.ndarray:
+    """Keep at most max_interests[b] active capsules per request, lowest capsule index first.
+    active (B, K) bool, max_interests (B,) int64 -> (B, K) bool."""
+    return active & (np.cumsum(active, axis=1) <= max_interests[:, None])
+
+
+def search_capsules(bundle: Bundle, capsules: np.ndarray, active: np.ndarray, k: int):
+    """ONE FAISS call for every active capsule of the batch, then exact re-scoring.
+
+    capsules (B, K, d), active (B, K) -> scores (B, K*k) float32 (-inf = empty),
+    rows (B, K*k) int64 (-1 = empty), interest (B, K*k) int64 (capsule of each slot).
+    """
+    n_requests, n_interests, _ = capsules.shape
+    queries = np.ascontiguousarray(capsules[active], dtype=np.float32)         # (Q, d)
+    rows = np.full((n_requests, n_interests, k), retrieval.EMPTY_ROW, dtype=np.int64)
+    scores = np.full((n_requests, n_interests, k), -np.inf, dtype=np.float32)
+    if len(queries):
+        _, found = bundle.index.search(queries, k)                              # (Q, k)
+        rows[active] = found
+        scores[active] = retrieval.exact_scores(queries, bundle.item_vectors, found)
+    interest = np.broadcast_to(np.arange(n_interests)[None, :, None], rows.shape)
+    flat = (n_requests, n_interests * k)
+    return scores.reshape(flat), rows.reshape(flat), np.ascontiguousarray(interest).reshape(flat)
+
+
+def merge_candidates(scores, rows, interest, excluded: list[np.ndarray], n: int, policy: str):
+    """Drop excluded rows, de-duplicate, keep the best ``n`` per request -> (rows, scores, interest)."""
+    drop = retrieval.exclusion_mask(rows, excluded)
+    merge = retrieval.merge_round_robin if policy == "round_robin" else retrieval.merge_by_score
+    return merge(scores, rows, interest, n, drop)
+
+
+def explain_interests(bundle: Bundle, history: np.ndarray, weights: np.ndarray,
+                      active: np.ndarray, n: int) -> list[dict]:
+    """For one request: per used interest, the history items with most routing weight.
+    history (L,) int64, weights (K, L), active (K,) bool."""
+    real = history != PADDING
+    positions = retrieval.top_routing_positions(weights, real, n)               # (K, <= n)
+    return [{"interest": int(k),
+             "items": [{"item_id": bundle.item_ids[history[p] - 1], "weight": float(weights[k, p])}
+                       for p in positions[k]]}
+            for k in np.flatnonzero(active)]
+
+
+def _cold_start_answer(bundle: Bundle, query: RecallQuery, excluded: np.ndarray) -> dict:
+    rows = retrieval.popular_rows(bundle.popular_rows, query.top_n, excluded)
+    items = [{"item_id": bundle.item_ids[r], "score": None, "interest": None} for r in rows.tolist()]
+    return {"items": items, "interests": 0, "cold_start": True}
+
+
+def _ranked_answer(bundle: Bundle, rows: np.ndarray, scores: np.ndarray, interest: np.ndarray,
+                   n_used: int, top_n: int) -> dict:
+    """rows/scores/interest (C',) of one request, best first, -1 padded."""
+    keep = int(np.count_nonzero(rows[:top_n] >= 0))
+    item_ids = bundle.item_ids
+    items = [{"item_id": item_ids[r], "score": s, "interest": k}
+             for r, s, k in zip(rows[:keep].tolist(), scores[:keep].tolist(), interest[:keep].tolist())]
+    return {"items": items, "interests": n_used, "cold_start": False}
+
+
+def recall_batch(bundle: Bundle, queries: list[RecallQuery],
+                 options: RetrievalOptions) -> tuple[list[dict], StageTimes]:
+    """Answer a batch; returns one response body (without took_ms) per query, and timings."""
+    times = StageTimes()
+    start = time.perf_counter()
+    batch = encode_queries(bundle, queries)
+    warm = np.flatnonzero((batch.history != PADDING).any(axis=1))               # requests with history
+    answers: list[dict | None] = [None] * len(queries)
+    if len(warm):
+        capsules, active, weights = run_tower(bundle, batch.history[warm], batch.profile[warm])
+        limits = np.array([queries[b].max_interests or bundle.n_interests for b in warm], dtype=np.int64)
+        active = cap_interests(active, limits)
+        tower_done = time.perf_counter()
+        times.tower_s = tower_done - start
+        n_items = len(bundle.item_ids)
+        k = max(retrieval.fetch_size(queries[b].top_n, len(batch.excluded[b]), options.overfetch, n_items)
+                for b in warm)
+        scores, rows, interest = search_capsules(bundle, capsules, active, k)
+        search_done = time.perf_counter()
+        times.search_s = search_done - tower_done
+        top_n = max(queries[b].top_n for b in warm)
+        rows, scores, interest = merge_candidates(scores, rows, interest,
+                                                  [batch.excluded[b] for b in warm], top_n, options.merge_policy)
+        for i, b in enumerate(warm):
+            answers[b] = _ranked_answer(bundle, rows[i], scores[i], interest[i],
+                                        int(active[i].sum()), queries[b].top_n)
+            if queries[b].explain:
+                answers[b]["explain"] = explain_interests(bundle, batch.history[b], weights[i],
+                                                          active[i], options.explain_items)
+        times.merge_s = time.perf_counter() - search_done
+    for b, query in enumerate(queries):
+        if answers[b] is None:
+            answers[b] = _cold_start_answer(bundle, query, batch.excluded[b])
+        answers[b]["unknown_items"] = int(batch.unknown[b])
+        answers[b]["model_version"] = bundle.model_version
+    return answers, times

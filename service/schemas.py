@@ -1,0 +1,68 @@
+"""Request and response models: the documented HTTP contract (the OpenAPI page).
+
+Responses are built as plain dicts on the hot path and serialised once; these models
+describe them (``response_model``) without validating every answer.
+"""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+# An item id is an opaque string; a JSON integer is accepted as its decimal string.
+ItemId = StrictStr | StrictInt
+
+
+class RecallRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | None = Field(None, description="caller's user id, only logged")
+    history: list[ItemId] = Field(default_factory=list, description="item ids, oldest first, most recent last")
+    profile: dict[str, ItemId] | None = Field(None, description="user profile {feature: value}")
+    top_n: int | None = Field(None, ge=1, description="items to return (default and maximum: settings)")
+    exclude_history: bool = Field(True, description="never return items of the history")
+    exclude: list[ItemId] = Field(default_factory=list, description="item ids never to return")
+    max_interests: int | None = Field(None, ge=1, description="use at most this many interests")
+    explain: bool = Field(False, description="list, per interest, the history items routed to it")
+
+
+class RecalledItem(BaseModel):
+    item_id: str
+    score: float | None = Field(description="inner product with the interest; null on cold start")
+    interest: int | None = Field(description="capsule that found the item; null on cold start")
+
+
+class ExplainedItem(BaseModel):
+    item_id: str
+    weight: float = Field(description="final routing weight of this history item to the interest")
+
+
+class InterestExplanation(BaseModel):
+    interest: int
+    items: list[ExplainedItem]
+
+
+class RecallResponse(BaseModel):
+    items: list[RecalledItem]
+    interests: int = Field(description="interests (capsules) used")
+    cold_start: bool = Field(description="true: no known history, items are the popularity list")
+    unknown_items: int = Field(description="history items not in the catalogue, ignored")
+    model_version: str
+    took_ms: float
+    explain: list[InterestExplanation] | None = None
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(None, description="bundle or bundle root under the configured bundle root "
+                                               "(relative paths are taken from it); default: the newest bundle there")
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    path: str
+    previous_model_version: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: list | None = None

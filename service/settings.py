@@ -1,0 +1,55 @@
+"""Every knob of the recall service, in one frozen pydantic-settings object.
+
+Values come from environment variables with the prefix ``MIND_`` (``MIND_PORT=9000``);
+``mind serve`` flags override them. docs/service.md lists each one with its meaning.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration; immutable once the app is built."""
+
+    model_config = SettingsConfigDict(env_prefix="MIND_", frozen=True, extra="ignore")
+
+    # Bundle
+    bundle: Path | None = Field(None, description="bundle directory, or a bundle root (newest version is served)")
+    bundle_root: Path | None = Field(None, description="directory reload paths must resolve under; default: --bundle if it is a root, else its parent")
+    watch_interval_s: float = Field(0.0, ge=0, description="poll the bundle root for a newer version every N s (0 = off)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=1, description="one process by design: dynamic batching needs every request in one queue; scale with replicas")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_requests: bool = Field(True, description="one JSON log line per request")
+    admin_token: SecretStr | None = Field(None, description="bearer token for POST /admin/reload; unset = endpoint disabled")
+
+    # Request limits (beyond them: 422, or 413 for the body)
+    default_top_n: int = Field(50, ge=1)
+    max_top_n: int = Field(1000, ge=1)
+    max_history: int = Field(1000, ge=1, description="longest accepted history; the tower keeps the newest max_len")
+    max_exclude: int = Field(10_000, ge=0)
+    max_batch_requests: int = Field(256, ge=1, description="most requests in one POST /recall/batch")
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    explain_items: int = Field(3, ge=1, description="history items listed per interest with explain=true")
+
+    # Batching and backpressure
+    max_batch_size: int = Field(64, ge=1, description="most requests the batcher runs through tower + FAISS at once")
+    batch_wait_ms: float = Field(2.0, ge=0, description="how long the batcher waits to fill a batch")
+    max_queue: int = Field(512, ge=1, description="queued requests before 503 + Retry-After")
+    request_timeout_ms: float = Field(1000.0, gt=0, description="deadline from arrival; past it the answer is 503")
+    retry_after_s: int = Field(1, ge=0)
+
+    # Compute
+    torch_threads: int = Field(1, ge=1)
+    faiss_threads: int = Field(1, ge=1)
+    merge_policy: Literal["score", "round_robin"] = "score"
+    overfetch: int = Field(8, ge=0, description="extra candidates per capsule beyond top_n + exclusions")
+    warmup_batches: int = Field(3, ge=0)

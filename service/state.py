@@ -1,0 +1,151 @@
+"""The served bundle: loaded, verified, warmed up, and swapped atomically on reload.
+
+``ServiceState`` is the app-state holder handed to routes as a dependency. A reload loads
+and warms the new bundle in a side thread while the old one keeps answering, then replaces
+one reference; a batch already running keeps the bundle it started with.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from starlette.requests import Request
+
+from model.bundle import MANIFEST, Bundle, BundleError, latest_bundle, load_bundle
+from service.metrics import ServiceMetrics
+from service.pipeline import RecallQuery, RetrievalOptions, recall_batch
+from service.settings import Settings
+
+log = logging.getLogger("service.state")
+WARMUP_BATCH_SIZE = 8
+WARMUP_HISTORY_LEN = 20
+
+
+class ReloadPathError(ValueError):
+    """A reload path outside the bundle root, or no bundle root configured."""
+
+
+@dataclass(frozen=True)
+class Served:
+    bundle: Bundle
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def bundle_root_of(settings: Settings) -> Path | None:
+    """The directory reload paths must lie under (see Settings.bundle_root)."""
+    if settings.bundle_root is not None:
+        return settings.bundle_root.resolve()
+    if settings.bundle is None:
+        return None
+    path = settings.bundle.resolve()
+    return path.parent if (path / MANIFEST).is_file() else path
+
+
+def reload_target(root: Path | None, requested: str | None) -> Path:
+    """Resolve a reload request's path; it must be ``root`` or lie under it (default: root,
+    i.e. its newest bundle)."""
+    if root is None:
+        raise ReloadPathError("no bundle root configured (start with --bundle or MIND_BUNDLE_ROOT)")
+    if requested is None:
+        return root
+    path = Path(requested)
+    path = (path if path.is_absolute() else root / path).resolve()
+    if path != root and root not in path.parents:
+        raise ReloadPathError(f"path {requested!r} is outside the bundle root {root}")
+    return path
+
+
+def warm_up(bundle: Bundle, options: RetrievalOptions, n_batches: int) -> None:
+    """Run a few dummy batches so the first real request pays no lazy initialisation.
+    Raises whatever the pipeline raises: a bundle that cannot answer is refused."""
+    rng = np.random.default_rng(0)
+    n_items = len(bundle.item_ids)
+    for _ in range(n_batches):
+        queries = [RecallQuery(history=tuple(bundle.item_ids[r] for r in rng.integers(0, n_items, WARMUP_HISTORY_LEN)),
+                               top_n=min(100, n_items)) for _ in range(WARMUP_BATCH_SIZE)]
+        answers, _ = recall_batch(bundle, queries, options)
+        if any(not a["items"] for a in answers):
+            raise BundleError(f"{bundle.path}: warm-up recall returned no items")
+
+
+class ServiceState:
+    """What the routes need: settings, metrics, the batcher, and the current bundle."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.options = RetrievalOptions(settings.merge_policy, settings.overfetch, settings.explain_items)
+        self.device = resolve_device(settings.device)
+        self.root = bundle_root_of(settings)
+        self.served: Served | None = None
+        self.not_ready_reason = "no bundle loaded yet"
+        self.batcher = None                  # set by the app at startup
+        self._reload_lock = asyncio.Lock()
+
+    @property
+    def bundle(self) -> Bundle | None:
+        served = self.served
+        return served.bundle if served is not None else None
+
+    def reload_target(self, requested: str | None) -> Path:
+        """Where a reload request points: under the bundle root (default: the root's newest)."""
+        return reload_target(self.root, requested)
+
+    def _load_and_warm(self, path: Path) -> Bundle:
+        bundle = load_bundle(path, device=self.device)
+        warm_up(bundle, self.options, self.settings.warmup_batches)
+        return bundle
+
+    async def load(self, path: Path) -> Bundle:
+        """Load, verify and warm ``path`` (a bundle or a root) off the loop, then swap it in.
+        On failure the current bundle stays; raises BundleError (counted and logged)."""
+        async with self._reload_lock:
+            previous = self.bundle
+            try:
+                bundle = await asyncio.to_thread(self._load_and_warm, path)
+            except (BundleError, RuntimeError, ValueError, OSError) as err:
+                self.metrics.reloads.labels(result="failure").inc()
+                log.error("bundle refused", extra={"bundle": str(path), "error": str(err)})
+                if previous is None:
+                    self.not_ready_reason = f"bundle not loaded: {err}"
+                raise BundleError(str(err)) from err
+            self.served = Served(bundle)
+            self.metrics.reloads.labels(result="success").inc()
+            self.metrics.model.info({"model_version": bundle.model_version, "path": str(bundle.path)})
+            log.info("bundle serving", extra={"bundle": str(bundle.path), "model_version": bundle.model_version,
+                                              "previous_model_version": previous.model_version if previous else None})
+            return bundle
+
+    async def watch(self, interval_s: float) -> None:
+        """Poll the bundle root; load a newer version when one appears (also the first one).
+        A version that was refused is not retried until a newer one appears."""
+        refused: Path | None = None
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                newest = latest_bundle(self.root)
+            except BundleError as err:
+                self.not_ready_reason = self.not_ready_reason if self.served else f"waiting for a bundle: {err}"
+                continue
+            current = self.bundle
+            newest = newest.resolve()
+            if newest != refused and (current is None or newest != current.path.resolve()):
+                try:
+                    await self.load(newest)
+                except BundleError:
+                    refused = newest  # logged and counted in load(); keep watching
+
+
+def get_state(request: Request) -> ServiceState:
+    """FastAPI dependency: the app's ServiceState."""
+    return request.app.state.service

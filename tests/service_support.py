@@ -1,0 +1,125 @@
+"""Helpers of the service tests: small real bundles, a brute-force reference, a uvicorn
+subprocess on a free port."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from model.bundle import write_bundle
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+N_ITEMS, DIM, K, MAX_LEN = 400, 16, 4, 12
+PROFILE_VOCAB = {"gender": ["<pad>", "F", "M"], "age": ["<pad>", "18-24", "25-34", "35+"]}
+
+
+def item_id(row: int) -> str:
+    """External id of a row in the test catalogues: decimal strings, so ints are accepted too."""
+    return str(1000 + row)
+
+
+class ContractTower(torch.nn.Module):
+    """Stand-in honouring the tower contract, used only while model.tower is unavailable:
+    per-interest projections of attention-pooled history plus a profile embedding."""
+
+    def __init__(self, n_items: int, dim: int, n_interests: int, n_profile: int):
+        super().__init__()
+        self.items = torch.nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.profile = torch.nn.Embedding(n_profile, dim)
+        self.routes = torch.nn.Parameter(torch.randn(n_interests, dim))
+        self.n_interests = n_interests
+
+    def forward(self, history: torch.Tensor, profile: torch.Tensor):
+        mask = history > 0                                                        # (B, L)
+        emb = self.items(history)                                                 # (B, L, d)
+        logits = torch.einsum("kd,bld->bkl", self.routes, emb)
+        logits = logits.masked_fill(~mask[:, None, :], -1e9)
+        weights = torch.softmax(logits, dim=-1) * mask[:, None, :].float()       # (B, K, L)
+        capsules = torch.einsum("bkl,bld->bkd", weights, emb) + self.profile(profile).sum(1)[:, None, :]
+        n_real = mask.sum(1).float()
+        k_u = torch.floor(torch.log2(n_real.clamp(min=1))).clamp(1, self.n_interests)
+        active = torch.arange(self.n_interests)[None, :] < k_u[:, None]           # (B, K)
+        return capsules * active[..., None].float(), active, weights
+
+
+def small_tower(seed: int, n_items: int = N_ITEMS, dim: int = DIM):
+    """A randomly initialised real MIND user tower and its item vectors (n_items, d)."""
+    torch.manual_seed(seed)
+    try:
+        from model.tower import MIND  # tests may import model/; the service may not
+    except ImportError:
+        tower = ContractTower(n_items, dim, K, sum(len(v) for v in PROFILE_VOCAB.values()))
+        return tower, tower.items.weight.detach().numpy()[1:]
+    mind = MIND(n_items=n_items, dim=dim, n_interests=K, max_len=MAX_LEN,
+                profile_vocab_sizes=[len(v) for v in PROFILE_VOCAB.values()])
+    mind.eval()
+    with torch.no_grad():
+        vectors = mind.item_vectors().detach().numpy()[1:]
+    return mind.user_tower(), vectors
+
+
+def build_bundle(out_dir: Path, seed: int = 0, n_items: int = N_ITEMS) -> Path:
+    """Write a bundle (or a new version, when ``out_dir`` is a root) and return its path."""
+    tower, vectors = small_tower(seed, n_items)
+    rng = np.random.default_rng(seed)
+    return write_bundle(out_dir, tower=tower, item_vectors=vectors,
+                        item_ids=[item_id(r) for r in range(n_items)], profile_vocab=PROFILE_VOCAB,
+                        popular_rows=rng.permutation(n_items).tolist(),
+                        hyperparameters={"max_len": MAX_LEN, "dim": DIM, "n_interests": K},
+                        metrics={}, index_type="flat")
+
+
+def reference_recall(bundle, history: list[str], top_n: int, exclude: set[str], profile=None,
+                     max_interests: int | None = None) -> list[tuple[str, float, int]]:
+    """Brute force from the bundle's own vectors: every active capsule scores every item;
+    an item keeps its best score; excluded dropped; sorted by (-score, row)."""
+    rows = [bundle.row_of[i] for i in history if i in bundle.row_of][-bundle.max_len:]
+    padded = np.zeros((1, bundle.max_len), dtype=np.int64)
+    padded[0, bundle.max_len - len(rows):] = np.asarray(rows, dtype=np.int64) + 1
+    prof = np.zeros((1, len(bundle.profile_features)), dtype=np.int64)
+    for p, f in enumerate(bundle.profile_features):
+        prof[0, p] = bundle.profile_vocab[f].get((profile or {}).get(f), 0)
+    with torch.no_grad():
+        capsules, active, _ = bundle.tower(torch.from_numpy(padded), torch.from_numpy(prof))
+    caps = capsules[0].numpy().astype(np.float64)[active[0].numpy()]
+    if max_interests:
+        caps = caps[:max_interests]
+    scores = caps @ np.asarray(bundle.item_vectors, dtype=np.float64).T      # (K', n_items)
+    best, interest = scores.max(0), scores.argmax(0)
+    order = sorted((r for r in range(len(best)) if bundle.item_ids[r] not in exclude),
+                   key=lambda r: (-best[r], r))[:top_n]
+    active_ids = np.flatnonzero(active[0].numpy())
+    return [(bundle.item_ids[r], float(best[r]), int(active_ids[interest[r]])) for r in order]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(bundle: Path, port: int, env: dict | None = None, *extra: str) -> subprocess.Popen:
+    """``mind serve`` in a subprocess; returns once /readyz is 200 (or raises with its log)."""
+    full_env = dict(os.environ, MIND_TORCH_THREADS="1", MIND_FAISS_THREADS="1", **(env or {}))
+    proc = subprocess.Popen([sys.executable, "-m", "mind_recall.cli", "serve", "--bundle", str(bundle),
+                             "--port", str(port), *extra], cwd=REPO_ROOT, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass  # not listening yet
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server not ready in 60 s:\n{proc.stdout.read()}")
