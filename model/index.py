@@ -22,11 +22,12 @@ import numpy as np
 
 FLAT_MAX_ITEMS = 200_000           # exact search up to here, approximate above
 INDEX_KINDS = ("flat", "hnsw", "ivf")
-HNSW_M = 32                        # graph degree; 2*M neighbours on the base layer
-HNSW_EF_CONSTRUCTION = 80
+HNSW_M = 48                        # graph degree; 2*M neighbours on the base layer
+HNSW_EF_CONSTRUCTION = 200        # M=32/efC=80 plateaus near recall 0.95 for inner product at 200k items
 IVF_TRAIN_POINTS_PER_LIST = 40     # k-means sample per inverted list (faiss wants >= 39)
 TUNE_K = 100
-TUNE_TARGET_RECALL = 0.95
+TUNE_TARGET_RECALL = 0.96         # 0.95 is required on held-out capsules; 0.01 margin for
+                                  # the sampling noise of the tuning queries
 EF_SEARCH_MAX = 4096
 
 
