@@ -1,0 +1,172 @@
+"""HTTP load benchmark of `mind serve`: throughput and latency percentiles per concurrency level.
+
+    nice -n 10 .venv/bin/python -m bench.load [--items 100000] [--dim 64] [--interests 4]
+        [--history 20] [--top-n 100] [--concurrency 1,4,16,32,64] [--seconds 5] [--max-requests 20000]
+
+Starts the server as a subprocess on a free loopback port (service defaults unless --env
+KEY=VALUE), then drives it from this process with a lean asyncio HTTP/1.1 keep-alive client
+(one connection per concurrent user, pre-encoded bodies, 20 random real item ids each), so
+the client costs little of the shared CPUs. Before the server starts it measures the bare
+in-process pipeline (bench/pipeline.py) on the same bundle, and prints HTTP throughput as a
+ratio of it. Prints the command and the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.pipeline import DEFAULT_CACHE, bench_bundle, machine, measure, random_histories
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 120
+
+
+def request_bytes(history: list[str], top_n: int) -> bytes:
+    body = json.dumps({"history": history, "top_n": top_n}).encode()
+    head = (f"POST /recall HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response with a Content-Length body; return its status."""
+    status = int((await reader.readline()).split(b" ", 2)[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
+async def _user(port: int, requests: list[bytes], offset: int, until: float, budget: list[int],
+                latencies: list[float], statuses: dict[int, int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = offset
+    try:
+        while time.perf_counter() < until and budget[0] > 0:
+            budget[0] -= 1
+            start = time.perf_counter()
+            writer.write(requests[i % len(requests)])
+            status = await _read_response(reader)
+            latencies.append(time.perf_counter() - start)
+            statuses[status] = statuses.get(status, 0) + 1
+            i += 1
+    finally:
+        writer.close()
+
+
+async def drive(port: int, requests: list[bytes], concurrency: int, seconds: float, max_requests: int) -> dict:
+    """``concurrency`` keep-alive users for ``seconds`` (or ``max_requests`` in all)."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    budget = [max_requests]
+    start = time.perf_counter()
+    await asyncio.gather(*(_user(port, requests, u * 997, start + seconds, budget, latencies, statuses)
+                           for u in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    ms = np.asarray(latencies) * 1000
+    ok = statuses.get(200, 0)
+    return {"concurrency": concurrency, "requests": len(latencies), "ok": ok, "rps": ok / elapsed,
+            "statuses": statuses, **{f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(bundle: Path, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mind_recall.cli", "serve", "--bundle", str(bundle),
+                             "--port", str(port)], cwd=REPO_ROOT, env=dict(os.environ, **env),
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited {proc.returncode}; log: {log_path}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return proc
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"server not ready in {READY_TIMEOUT_S} s; log: {log_path}")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--interests", type=int, default=4)
+    parser.add_argument("--history", type=int, default=20)
+    parser.add_argument("--top-n", type=int, default=100)
+    parser.add_argument("--concurrency", default="1,4,16,32,64")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per concurrency level")
+    parser.add_argument("--max-requests", type=int, default=20_000, help="per concurrency level")
+    parser.add_argument("--pipeline-seconds", type=float, default=3.0, help="0 skips the in-process baseline")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="server environment")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    return parser.parse_args(argv)
+
+
+def _pipeline_baseline(bundle_path: Path, args) -> float:
+    """Best requests/s of the bare pipeline over batch sizes 16 and 32, with server-like threads."""
+    import faiss
+    import torch
+
+    from model.bundle import load_bundle
+    env = dict(e.split("=", 1) for e in args.env)
+    torch.set_num_threads(int(env.get("MIND_TORCH_THREADS", 1)))
+    faiss.omp_set_num_threads(int(env.get("MIND_FAISS_THREADS", 1)))
+    bundle = load_bundle(bundle_path)
+    histories = random_histories(bundle, 4096, args.history)
+    best = max(measure(bundle, size, histories, args.top_n, args.pipeline_seconds)["rps"] for size in (16, 32))
+    print(f"bare pipeline (in-process, no HTTP): {best:.1f} req/s")
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"command: python -m bench.load {shlex.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"machine: {machine()}")
+    bundle_path = bench_bundle(args.cache, args.items, args.dim, args.interests, args.history)
+    baseline = _pipeline_baseline(bundle_path, args) if args.pipeline_seconds > 0 else None
+    ids = json.loads((bundle_path / "item_ids.json").read_text())
+    rows = np.random.default_rng(7).integers(0, len(ids), size=(2048, args.history))
+    requests = [request_bytes([ids[r] for r in row], args.top_n) for row in rows.tolist()]
+    port = free_port()
+    server = start_server(bundle_path, port, dict(e.split("=", 1) for e in args.env), args.cache / "server.log")
+    try:
+        print(f"catalogue {args.items} x d={args.dim}, K={args.interests}, history {args.history}, "
+              f"top_n {args.top_n}; server env {args.env or 'defaults'}")
+        print(f"{'conc':>5} {'ok':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'vs bare':>8}  statuses")
+        for concurrency in (int(c) for c in args.concurrency.split(",")):
+            r = asyncio.run(drive(port, requests, concurrency, args.seconds, args.max_requests))
+            ratio = f"{r['rps'] / baseline:.0%}" if baseline else "-"
+            print(f"{concurrency:>5} {r['ok']:>7} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p95']:>8.2f} "
+                  f"{r['p99']:>8.2f} {ratio:>8}  {r['statuses']}", flush=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        print(f"server exit code after SIGTERM: {server.wait(timeout=60)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The bare serving pipeline in process (tower + FAISS + merge, no HTTP): requests/s per batch size.
+
+    nice -n 10 .venv/bin/python -m bench.pipeline [--items 100000] [--dim 64] [--interests 4]
+        [--history 20] [--top-n 100] [--batch-sizes 1,8,16,32,64] [--seconds 3]
+
+This is exactly what the service's worker thread runs per batch (`service.pipeline.recall_batch`),
+with the service's default thread settings (torch 1, faiss 1), so `bench/load.py` can report
+HTTP throughput as a ratio of it. The bundle (random tower and item vectors, flat index) is
+built once under --cache and reused.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from model.bundle import Bundle, load_bundle, write_bundle
+from service.pipeline import RecallQuery, RetrievalOptions, recall_batch
+
+DEFAULT_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "mind-recall-bench"
+
+
+def machine() -> str:
+    """CPU count and model, for the printout."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass  # non-Linux: keep platform.processor()
+    return f"nproc={os.cpu_count()} ({model}), {platform.system()} {platform.machine()}, torch {torch.__version__}, faiss {faiss.__version__}"
+
+
+def _random_tower(n_items: int, dim: int, n_interests: int, max_len: int):
+    """A randomly initialised MIND user tower and its item vectors (n_items, d)."""
+    torch.manual_seed(0)
+    try:
+        from model.tower import MIND
+    except ImportError:  # before model.tower exists: the test suite's contract stand-in
+        from tests.service_support import ContractTower
+        tower = ContractTower(n_items, dim, n_interests, 1)
+        return tower, tower.items.weight.detach().numpy()[1:]
+    mind = MIND(n_items=n_items, dim=dim, n_interests=n_interests, max_len=max_len).eval()
+    with torch.no_grad():
+        return mind.user_tower(), mind.item_vectors().numpy()[1:]
+
+
+def bench_bundle(cache: Path, n_items: int, dim: int, n_interests: int, max_len: int) -> Path:
+    """Build (once) and return a flat-index bundle of the requested shape."""
+    path = cache / f"bundle-{n_items}x{dim}-k{n_interests}-l{max_len}"
+    if (path / "manifest.json").is_file():
+        return path
+    tower, vectors = _random_tower(n_items, dim, n_interests, max_len)
+    rng = np.random.default_rng(0)
+    return write_bundle(path, tower=tower, item_vectors=vectors, item_ids=[f"i{r}" for r in range(n_items)],
+                        profile_vocab={}, popular_rows=rng.permutation(n_items).tolist(),
+                        hyperparameters={"max_len": max_len, "dim": dim, "n_interests": n_interests},
+                        metrics={}, index_type="flat")
+
+
+def random_histories(bundle: Bundle, n: int, length: int, seed: int = 1) -> list[list[str]]:
+    """``n`` histories of ``length`` random real item ids."""
+    rows = np.random.default_rng(seed).integers(0, len(bundle.item_ids), size=(n, length))
+    return [[bundle.item_ids[r] for r in row] for row in rows.tolist()]
+
+
+def measure(bundle: Bundle, batch_size: int, histories: list[list[str]], top_n: int, seconds: float) -> dict:
+    """Run batches of ``batch_size`` for ``seconds``; requests/s and per-batch latency (ms)."""
+    options = RetrievalOptions()
+    queries = [RecallQuery(history=tuple(h), top_n=top_n) for h in histories]
+    latencies, served, start = [], 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        batch = [queries[(served + i) % len(queries)] for i in range(batch_size)]
+        t0 = time.perf_counter()
+        recall_batch(bundle, batch, options)
+        latencies.append(time.perf_counter() - t0)
+        served += batch_size
+    elapsed = time.perf_counter() - start
+    ms = np.asarray(latencies) * 1000
+    return {"batch": batch_size, "rps": served / elapsed, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99))}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--interests", type=int, default=4)
+    parser.add_argument("--history", type=int, default=20, help="history length of every request (= max_len)")
+    parser.add_argument("--top-n", type=int, default=100)
+    parser.add_argument("--batch-sizes", default="1,8,16,32,64")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per batch size")
+    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--faiss-threads", type=int, default=1)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"command: python -m bench.pipeline {shlex.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"machine: {machine()}")
+    torch.set_num_threads(args.torch_threads)
+    faiss.omp_set_num_threads(args.faiss_threads)
+    bundle = load_bundle(bench_bundle(args.cache, args.items, args.dim, args.interests, args.history))
+    histories = random_histories(bundle, 4096, args.history)
+    print(f"catalogue {args.items} x d={args.dim}, K={args.interests}, history {args.history}, top_n {args.top_n}, "
+          f"torch threads {args.torch_threads}, faiss threads {args.faiss_threads}")
+    print(f"{'batch':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for size in (int(s) for s in args.batch_sizes.split(",")):
+        m = measure(bundle, size, histories, args.top_n, args.seconds)
+        print(f"{m['batch']:>6} {m['rps']:>9.1f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
