@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,6 +39,7 @@ from model.index import apply_params, build_index, perturbed_queries, tune_index
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 UNKNOWN_VALUE = "<unk>"
+BUNDLE_DIR_MODE = 0o755
 
 __all__ = ["FORMAT_VERSION", "Bundle", "BundleError", "latest_bundle", "load_bundle",
            "prepare_histories", "write_bundle"]
@@ -126,6 +128,12 @@ def _write_payload(tmp: Path, *, tower, item_vectors: np.ndarray, item_ids: Sequ
             "tuned_k": tuned["k"], "ntotal": int(index.ntotal)}
 
 
+def _refuse_unforced(out_dir: Path, force: bool) -> None:
+    if not force:
+        raise FileExistsError(f"{out_dir} already holds a bundle; pass force=True (--force) "
+                              f"to replace it, or give a bundle root to add a version")
+
+
 def _resolve_target(out_dir: Path, created: datetime, model_version: str, force: bool) -> Path:
     """Where the finished bundle goes (see the module docstring for the layout)."""
     if not out_dir.exists():
@@ -133,9 +141,7 @@ def _resolve_target(out_dir: Path, created: datetime, model_version: str, force:
     if not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} exists and is not a directory")
     if (out_dir / MANIFEST).exists():
-        if not force:
-            raise FileExistsError(f"{out_dir} already holds a bundle; pass force=True (--force) "
-                                  f"to replace it, or give a bundle root to add a version")
+        _refuse_unforced(out_dir, force)
         return out_dir
     return out_dir / f"{created.strftime('%Y%m%dT%H%M%S.%fZ')}-{model_version[:12]}"
 
@@ -149,6 +155,26 @@ def _move_into_place(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, target)
+
+
+def _scripted_tower(tower, max_len: int, n_profile: int, item_dim: int):
+    """Script ``tower`` if needed and probe it; return (tower, n_interests, dim)."""
+    if not isinstance(tower, torch.jit.ScriptModule):
+        tower = torch.jit.script(tower)
+    tower.eval()
+    n_interests, dim = probe_tower(tower, max_len, n_profile, _tower_device(tower))
+    if dim != item_dim:
+        raise ValueError(f"tower output d={dim} != item_vectors d={item_dim}")
+    return tower, n_interests, dim
+
+
+def _manifest(tmp: Path, *, created: datetime, index_entry: dict, **fields) -> dict:
+    """The manifest of the files in ``tmp``; model_version hashes their sha256s."""
+    files = {name: sha256_of(tmp / name) for name in FILES}
+    model_version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return {"format_version": FORMAT_VERSION, "model_version": model_version,
+            "created_at": created.isoformat(), **fields, "index": index_entry, "files": files,
+            "file_bytes": {name: (tmp / name).stat().st_size for name in FILES}}
 
 
 def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popular_rows,
@@ -166,38 +192,30 @@ def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popul
     tune_queries: (Q, d) capsules to tune an approximate index on (default: perturbed items).
     """
     out_dir = Path(out_dir)
-    vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+    vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)   # (n_items, d)
     ids = [str(i) for i in item_ids]
     max_len = int(max_len if max_len is not None else hyperparameters["max_len"])
     if vectors.ndim != 2 or len(ids) != len(vectors) or len(set(ids)) != len(ids):
         raise ValueError(f"item_vectors {vectors.shape} must be (n_items, d) with n_items unique item_ids ({len(ids)})")
-    if not isinstance(tower, torch.jit.ScriptModule):
-        tower = torch.jit.script(tower)
-    tower.eval()
-    n_interests, dim = probe_tower(tower, max_len, len(profile_vocab), _tower_device(tower))
-    if dim != vectors.shape[1]:
-        raise ValueError(f"tower output d={dim} != item_vectors d={vectors.shape[1]}")
-    parent = out_dir if out_dir.is_dir() and not (out_dir / MANIFEST).exists() else out_dir.parent
+    is_bundle = (out_dir / MANIFEST).exists()
+    if is_bundle:
+        _refuse_unforced(out_dir, force)   # before any work
+    tower, n_interests, dim = _scripted_tower(tower, max_len, len(profile_vocab), vectors.shape[1])
+    parent = out_dir if out_dir.is_dir() and not is_bundle else out_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".bundle-tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix=".bundle-tmp-", dir=parent))
+    tmp.chmod(BUNDLE_DIR_MODE)   # mkdtemp makes it 0700; a service may run as another user
     try:
         index_entry = _write_payload(tmp, tower=tower, item_vectors=vectors, item_ids=ids,
                                      profile_vocab=profile_vocab, popular_rows=popular_rows,
                                      index_type=index_type, tune_queries=tune_queries)
-        files = {name: sha256_of(tmp / name) for name in FILES}
-        model_version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         created = datetime.now(timezone.utc)
-        manifest = {
-            "format_version": FORMAT_VERSION, "model_version": model_version,
-            "created_at": created.isoformat(), "hyperparameters": dict(hyperparameters),
-            "dim": dim, "n_interests": n_interests, "max_len": max_len, "n_items": len(ids),
-            "profile_features": list(profile_vocab), "index": index_entry,
-            "metrics": dict(metrics or {}), "data": dict(data or {}), "files": files,
-            "file_bytes": {name: (tmp / name).stat().st_size for name in FILES},
-        }
+        manifest = _manifest(tmp, created=created, index_entry=index_entry,
+                             hyperparameters=dict(hyperparameters), dim=dim, n_interests=n_interests,
+                             max_len=max_len, n_items=len(ids), profile_features=list(profile_vocab),
+                             metrics=dict(metrics or {}), data=dict(data or {}))
         _write_json(tmp / MANIFEST, manifest)
-        target = _resolve_target(out_dir, created, model_version, force)
+        target = _resolve_target(out_dir, created, manifest["model_version"], force)
         _move_into_place(tmp, target)
     finally:
         if tmp.exists():
