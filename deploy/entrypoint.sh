@@ -8,8 +8,10 @@
 #
 # Environment (all optional):
 #   RUN_DIR          run directory for `mind train`          (default runs/default)
-#   BUNDLE_DIR       bundle directory for `mind export/serve` (default bundles/default)
-#   HOST, PORT       listen address           (default $MIND_HOST or 0.0.0.0, $MIND_PORT or 8000)
+#   BUNDLE_DIR       bundle directory (or bundle root) for `mind export/serve`
+#                    (default $MIND_BUNDLE or bundles/default)
+#   HOST, PORT       listen address (default $MIND_HOST or 127.0.0.1, $MIND_PORT or 8000;
+#                    the image sets HOST=0.0.0.0)
 #   MIND_DATA        training data: a path, "ml-100k" or "synthetic"
 #                    (default: ../shared/data/ml-100k/ml-100k.inter when present, else synthetic)
 #   MIND_TRAIN_ARGS  extra `mind train` options, replacing the short default budget
@@ -21,9 +23,10 @@ set -eu
 MODE=${1:-all}
 DEPLOY_DIR=$(cd "$(dirname "$0")" && pwd)
 : "${RUN_DIR:=runs/default}"
-: "${BUNDLE_DIR:=bundles/default}"
-# The service's own settings (MIND_HOST, MIND_PORT) are honoured when PORT/HOST are unset.
-: "${HOST:=${MIND_HOST:-0.0.0.0}}"
+: "${BUNDLE_DIR:=${MIND_BUNDLE:-bundles/default}}"
+# The service's own settings (MIND_BUNDLE, MIND_HOST, MIND_PORT) are honoured when
+# BUNDLE_DIR/HOST/PORT are unset, with the service's defaults.
+: "${HOST:=${MIND_HOST:-127.0.0.1}}"
 : "${PORT:=${MIND_PORT:-8000}}"
 : "${PYTHON:=python}"
 export RUN_DIR BUNDLE_DIR
