@@ -2,7 +2,9 @@
 sequences, side-feature matrices and the seeded user split (spec section 3).
 
 Conventions (docs/architecture.md): item and user indices are contiguous, ``0`` = padding /
-unknown; vocabularies list tokens in order of first appearance in the (filtered) log.
+unknown. User and item vocabularies are in natural id order (all-digit ids numerically, then
+the rest as strings), so the seeded split does not depend on the row order of the file;
+side-feature vocabularies are in order of first appearance.
 """
 from __future__ import annotations
 
@@ -119,7 +121,8 @@ def build_dataset(interactions: Interactions, *, k_core: int = 5, seed: int = 20
     if not keep.any():
         raise ValueError(f"the {k_core}-core filter removed every one of the {len(keep)} interactions")
     users_ext, items_ext, times = users_ext[keep], items_ext[keep], interactions.timestamps[keep]
-    users, items = Vocab.from_tokens(users_ext), Vocab.from_tokens(items_ext)
+    users = Vocab.from_tokens(sorted(set(users_ext), key=natural_key))
+    items = Vocab.from_tokens(sorted(set(items_ext), key=natural_key))
     user_idx, item_idx = users.indices(users_ext), items.indices(items_ext)
     order = np.lexsort((times, user_idx))  # stable: equal times keep file order
     bounds = np.flatnonzero(np.diff(user_idx[order])) + 1
@@ -129,6 +132,11 @@ def build_dataset(interactions: Interactions, *, k_core: int = 5, seed: int = 20
     train, val, test = split_users(len(users) - 1, seed, split)
     return SequenceDataset(items, users, sequences, item_side, item_side_vocabs,
                            user_profile, user_profile_vocabs, train, val, test)
+
+
+def natural_key(token: str) -> tuple:
+    """Sort key: all-digit ids by value (ties by text), before any other id, by text."""
+    return (0, int(token), token) if token.isascii() and token.isdigit() else (1, 0, token)
 
 
 def split_users(n_users: int, seed: int, split=(0.8, 0.1, 0.1)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
