@@ -16,6 +16,9 @@ import numpy as np
 
 from model.data.interactions import Interactions, make_interactions
 
+# Bump when the generator changes, so cached copies of the default dataset are regenerated.
+GENERATOR_VERSION = 1
+
 
 @dataclass(frozen=True)
 class SyntheticSpec:
