@@ -46,13 +46,16 @@ def read_json_file(path: Path) -> dict:
 def dataset_from_config(data_cfg: dict, data_override: Path | None, where: str):
     """Rebuild the SequenceDataset a run was trained on from its saved data config."""
     from model.data import DataFormatError, build_dataset, load_interactions
+    from model.data.sources import resolve_data_source
 
     loader_keys = ("fmt", "user_col", "item_col", "time_col", "sep", "user_features", "item_features")
     source = data_override or data_cfg.get("source")
     if source is None:
         raise EvaluationError(f"{where}: data config has no 'source'; pass --data PATH")
-    if not Path(source).exists():
-        raise EvaluationError(f"{source}: interaction log not found (from {where}; override with --data)")
+    try:
+        source = resolve_data_source(source)            # a path, or a dataset name (ml-100k, synthetic)
+    except OSError as err:
+        raise EvaluationError(f"{source}: interaction log not found (from {where}; override with --data): {err}") from err
     split = data_cfg.get("split")
     build_kwargs = {k: data_cfg[k] for k in ("k_core", "seed") if k in data_cfg}
     if split is not None:

@@ -59,3 +59,25 @@ def test_item_cf_blocks_do_not_change_results(monkeypatch):
     whole = item_cf_topn(train, histories, 30, 10, exclude)
     monkeypatch.setattr(baselines, "CF_USERS_PER_BLOCK", 2)
     np.testing.assert_array_equal(item_cf_topn(train, histories, 30, 10, exclude), whole)
+
+
+@pytest.mark.slow
+def test_ml100k_baselines_land_near_the_spec_reference(ml100k_inter):
+    """Spec reference (history not excluded): popularity R@50 0.146, item-CF R@50 0.251."""
+    from model.baselines import popularity_topn
+    from model.data import build_dataset, load_interactions
+    from model.eval_sources import held_out_users
+    from model.metrics import evaluate_rankings
+
+    ds = build_dataset(load_interactions(ml100k_inter), k_core=5, seed=2020)
+    held = held_out_users(ds, "test", max_len=20)
+    assert (len(held.histories), held.n_items) == (95, 1349)
+    counts = item_counts(held.train_sequences, held.n_items)
+    pop = evaluate_rankings(popularity_topn(counts, 95, 50), held.target_rows)
+    cf = evaluate_rankings(item_cf_topn(held.train_sequences, held.histories, held.n_items, 50), held.target_rows)
+    cf_excl = evaluate_rankings(item_cf_topn(held.train_sequences, held.histories, held.n_items, 50,
+                                             held.history_rows()), held.target_rows)
+    assert 0.11 <= pop["recall@50"] <= 0.19, pop
+    assert 0.20 <= cf["recall@50"] <= 0.31, cf
+    assert cf["recall@50"] > pop["recall@50"] + 0.04
+    assert cf_excl["recall@50"] >= cf["recall@50"]
