@@ -43,28 +43,25 @@ def read_json_file(path: Path) -> dict:
         raise EvaluationError(f"{path}: not valid JSON ({err})") from err
 
 
-def dataset_from_config(data_cfg: dict, data_override: Path | None, where: str):
-    """Rebuild the SequenceDataset a run was trained on from its saved data config."""
-    from model.data import DataFormatError, build_dataset, load_interactions
-    from model.data.sources import resolve_data_source
+def dataset_from_config(data_cfg: dict, data_override: Path | None, where: str,
+                        vocab: dict | None = None, split: dict | None = None):
+    """Rebuild the SequenceDataset a run was trained on from its saved data config.
 
-    loader_keys = ("fmt", "user_col", "item_col", "time_col", "sep", "user_features", "item_features")
-    source = data_override or data_cfg.get("source")
-    if source is None:
-        raise EvaluationError(f"{where}: data config has no 'source'; pass --data PATH")
+    With a run's ``vocab.json`` / ``split.json`` the rebuild must be identical (same items,
+    users and split), else the numbers would be for other users: an EvaluationError.
+    """
+    from model.data import DataFormatError
+    from model.data.runfiles import RunDataMismatch, rebuild_dataset
+
+    if data_override is None and not data_cfg.get("source"):
+        raise EvaluationError(f"{where}: its data config has no 'source'; pass --data PATH")
     try:
-        source = resolve_data_source(source)            # a path, or a dataset name (ml-100k, synthetic)
+        return rebuild_dataset(data_cfg, vocab=vocab, split=split, source=data_override)
+    except (DataFormatError, RunDataMismatch) as err:
+        raise EvaluationError(f"{err} (data config from {where})") from err
     except OSError as err:
-        raise EvaluationError(f"{source}: interaction log not found (from {where}; override with --data): {err}") from err
-    split = data_cfg.get("split")
-    build_kwargs = {k: data_cfg[k] for k in ("k_core", "seed") if k in data_cfg}
-    if split is not None:
-        build_kwargs["split"] = tuple(split)
-    try:
-        interactions = load_interactions(source, **{k: data_cfg[k] for k in loader_keys if k in data_cfg})
-        return build_dataset(interactions, **build_kwargs)
-    except DataFormatError as err:
-        raise EvaluationError(str(err)) from err
+        raise EvaluationError(f"interaction log not found ({err}); data config from {where}; "
+                              "override with --data PATH") from err
 
 
 def held_out_users(ds, split: str, max_len: int) -> HeldOut:
@@ -140,7 +137,8 @@ def run_source(run_dir: Path, split: str, data_override: Path | None, k1_dir: Pa
         raise EvaluationError(f"{run_dir}: no such run directory")
     config_path = run_dir / "config.json"
     data_cfg = read_json_file(config_path).get("data", {})
-    ds = dataset_from_config(data_cfg, data_override, str(config_path))
+    ds = dataset_from_config(data_cfg, data_override, str(config_path), read_json_file(run_dir / "vocab.json"),
+                             read_json_file(run_dir / "split.json"))
     item_ids = ds.items.tokens[1:]
     mind, max_len = run_retriever(run_dir, item_ids, device)
     retrievers, missing = {"MIND": mind}, {}
