@@ -44,6 +44,21 @@ capsules, active = b.tower(history, torch.zeros(1, 0, dtype=torch.int64))[:2]
 b.index.search(np.ascontiguousarray(capsules[active].numpy()), 100)
 print(json.dumps({"base": base, "loaded": loaded, "served": rss_bytes(), "load_s": load_s}))
 """
+INDEX_PROBE = r"""
+import faiss, sys
+def rss_bytes():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS"))
+base = rss_bytes()
+index = faiss.read_index(sys.argv[1] + "/index.faiss")
+print(rss_bytes() - base)
+"""
+
+
+def run_probe(script: str, path: Path) -> str:
+    """stdout of ``script`` run in a fresh interpreter with the bundle path as argument."""
+    return subprocess.run([sys.executable, "-c", script, str(path)], check=True,
+                          capture_output=True, text=True).stdout
 
 
 class PooledTower(torch.nn.Module):
@@ -80,8 +95,8 @@ def build(out: Path, items: np.ndarray, kind: str) -> tuple[Path, float]:
 
 def report(kind: str, path: Path, build_s: float, n_items: int, dim: int) -> None:
     sizes = {p.name: p.stat().st_size for p in path.iterdir()}
-    probe = json.loads(subprocess.run([sys.executable, "-c", PROBE, str(path)], check=True,
-                                      capture_output=True, text=True).stdout)
+    probe = json.loads(run_probe(PROBE, path))
+    index_alone = int(run_probe(INDEX_PROBE, path))
     total = sum(sizes.values())
     delta = probe["served"] - probe["base"]
     index = json.loads((path / "manifest.json").read_text())["index"]
@@ -93,6 +108,8 @@ def report(kind: str, path: Path, build_s: float, n_items: int, dim: int) -> Non
           f"+{(probe['loaded'] - probe['base']) / MIB:.0f} MiB after load, "
           f"+{delta / MIB:.0f} MiB after one recall = {delta / n_items:.0f} B/item "
           f"(raw vectors: {4 * dim} B/item)")
+    print(f"  the index alone (faiss.read_index in a fresh process): "
+          f"+{index_alone / MIB:.0f} MiB = {index_alone / (n_items * dim * 4):.2f} x items*d*4")
 
 
 def main(argv: list[str] | None = None) -> int:
