@@ -18,24 +18,30 @@ def read_rows(path: Path, sep: str, *, encoding: str = "utf-8", quoted: bool = F
     ``movies.csv``); otherwise each line is split on `sep` (which may be several characters,
     e.g. ``::``). Undecodable bytes raise `DataFormatError` naming the line.
     """
-    line = 0
-    try:
-        with open(path, encoding=encoding, newline="") as handle:
-            if quoted:
-                reader = csv.reader(handle, delimiter=sep, strict=True)
+    with open(path, "rb") as handle:
+        lines = _decoded_lines(handle, path, encoding)
+        if quoted:
+            reader = csv.reader(lines, delimiter=sep, strict=True)
+            try:
                 for fields in reader:
-                    line = reader.line_num
-                    if fields and any(f.strip() for f in fields):
-                        yield line, fields
-            else:
-                for line, text in enumerate(handle, 1):
-                    text = text.rstrip("\r\n")
-                    if text.strip():
-                        yield line, text.split(sep)
-    except UnicodeDecodeError as err:
-        raise DataFormatError(path, line + 1, f"not valid {encoding} text ({err.reason})") from None
-    except csv.Error as err:
-        raise DataFormatError(path, line + 1, f"bad CSV quoting ({err})") from None
+                    if any(f.strip() for f in fields):
+                        yield reader.line_num, fields
+            except csv.Error as err:
+                raise DataFormatError(path, reader.line_num, f"bad CSV quoting ({err})") from None
+        else:
+            for line, text in enumerate(lines, 1):
+                text = text.rstrip("\r\n")
+                if text.strip():
+                    yield line, text.split(sep)
+
+
+def _decoded_lines(handle, path: Path, encoding: str) -> Iterator[str]:
+    """The lines of a binary file as text, an undecodable line raising with its number."""
+    for line, raw in enumerate(handle, 1):
+        try:
+            yield raw.decode(encoding)
+        except UnicodeDecodeError as err:
+            raise DataFormatError(path, line, f"not valid {encoding} text ({err.reason})") from None
 
 
 def header_positions(path: Path, line: int, header: list[str], wanted: dict[str, str | None]) -> dict[str, int | None]:
