@@ -105,16 +105,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, port: int, env: dict | None = None, *extra: str) -> subprocess.Popen:
-    """``mind serve`` in a subprocess; returns once /readyz is 200 (or raises with its log)."""
+def start_server(bundle: Path, port: int, log_path: Path, env: dict | None = None, *extra: str) -> subprocess.Popen:
+    """``mind serve`` in a subprocess logging to ``log_path`` (a file: a pipe nobody reads
+    would fill up and block the server); returns once /readyz is 200 (or raises with its log)."""
     full_env = dict(os.environ, MIND_TORCH_THREADS="1", MIND_FAISS_THREADS="1", **(env or {}))
-    proc = subprocess.Popen([sys.executable, "-m", "mind_recall.cli", "serve", "--bundle", str(bundle),
-                             "--port", str(port), *extra], cwd=REPO_ROOT, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mind_recall.cli", "serve", "--bundle", str(bundle),
+                                 "--port", str(port), *extra], cwd=REPO_ROOT, env=full_env,
+                                stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}:\n{proc.stdout.read()}")
+            raise RuntimeError(f"server exited {proc.returncode}:\n{log_path.read_text()}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                 return proc
@@ -122,4 +124,4 @@ def start_server(bundle: Path, port: int, env: dict | None = None, *extra: str) 
             pass  # not listening yet
         time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"server not ready in 60 s:\n{proc.stdout.read()}")
+    raise RuntimeError(f"server not ready in 60 s:\n{log_path.read_text()}")
