@@ -26,11 +26,11 @@ class SyntheticSpec:
 
     n_users: int = 2000
     n_items: int = 1000
-    n_clusters: int = 20
+    n_clusters: int = 10
     min_events: int = 30  # per user, uniform in [min_events, max_events]
     max_events: int = 90
     interests: tuple[int, ...] = (2, 3)  # clusters per user, drawn uniformly from these
-    popularity_exponent: float = 0.8  # item weight ∝ 1 / rank**exponent inside a cluster
+    popularity_exponent: float = 1.2  # item weight ∝ 1 / rank**exponent inside a cluster
     genre_noise: float = 0.15  # share of items whose genre is not their cluster's
     second_genre: float = 0.3  # share of items with an extra random genre
     n_age_buckets: int = 5
