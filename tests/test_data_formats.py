@@ -93,6 +93,15 @@ def test_parquet_table(tmp_path):
         load_interactions(path)
 
 
+def test_windows_line_endings_and_byte_order_mark(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_bytes(b"\xef\xbb\xbfuserId,movieId,timestamp\r\n1,2,3\r\n1,4,5\r\n")
+    assert columns(load_interactions(path)) == (["1", "1"], ["2", "4"], [3.0, 5.0])
+    inter = tmp_path / "log.inter"
+    inter.write_bytes(b"\xef\xbb\xbfuser_id:token\titem_id:token\r\nu\ti\r\n")
+    assert columns(load_interactions(inter)) == (["u"], ["i"], [0.0])
+
+
 def test_folder_with_one_interaction_file_is_accepted():
     assert len(load_interactions(FIXTURES / "recbole")) == 4
 

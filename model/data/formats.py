@@ -96,7 +96,7 @@ def _interaction_file(path: Path) -> Path:
 
 def _first_line(path: Path) -> str:
     """The first non-blank line (decoded leniently: detection only)."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
         for text in handle:
             if text.strip():
                 return text.rstrip("\r\n")

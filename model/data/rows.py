@@ -9,6 +9,7 @@ from pathlib import Path
 from model.data.interactions import DataFormatError, Interactions, make_interactions, parse_timestamp, require_id
 
 Rows = Iterator[tuple[int, list[str]]]
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def read_rows(path: Path, sep: str, *, encoding: str = "utf-8", quoted: bool = False) -> Rows:
@@ -38,6 +39,8 @@ def read_rows(path: Path, sep: str, *, encoding: str = "utf-8", quoted: bool = F
 def _decoded_lines(handle, path: Path, encoding: str) -> Iterator[str]:
     """The lines of a binary file as text, an undecodable line raising with its number."""
     for line, raw in enumerate(handle, 1):
+        if line == 1 and raw.startswith(UTF8_BOM):  # spreadsheet exports start with one
+            raw = raw[len(UTF8_BOM):]
         try:
             yield raw.decode(encoding)
         except UnicodeDecodeError as err:
