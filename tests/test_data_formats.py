@@ -81,6 +81,13 @@ def test_generic_tsv_without_time_column_uses_file_order():
     assert columns(x) == (["b", "a", "b"], ["x", "y", "z"], [0.0, 1.0, 2.0])
 
 
+def test_tsv_cells_are_not_quoted(tmp_path):
+    path = tmp_path / "log.tsv"
+    path.write_text('user\titem\ttitle\n1\t2\t"Quoted" start\n1\t3\t5" floppy\n')
+    x = load_interactions(path, item_features=["title"])
+    assert x.item_features == {"2": {"title": ['"Quoted" start']}, "3": {"title": ['5" floppy']}}
+
+
 def test_parquet_table(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

@@ -52,7 +52,7 @@ def load_delimited(path: Path, *, sep=None, user_col=None, item_col=None, time_c
                    user_features=None, item_features=None) -> Interactions:
     """A CSV/TSV file with a header row (see the module docstring)."""
     sep = sep or _guess_sep(path)
-    rows = read_rows(path, sep, quoted=len(sep) == 1)
+    rows = read_rows(path, sep, quoted=sep == ",")  # TSV, like RecBole files, has no quoting
     line, header = first_row(rows, path)
     header = [h.strip() for h in header]
     names = resolve_columns(path, line, header, user_col, item_col, time_col)
