@@ -3,7 +3,8 @@ looked up locally first and fetched or generated only when no copy exists.
 
 Lookup for a name (``ml-100k``, ``synthetic``, or another `download.MOVIELENS_FILES` name):
 1. ``$MIND_DATA_DIR/<name>/`` (``<name>.inter``, else the MovieLens file name),
-2. for ``ml-100k``: ``../shared/data/ml-100k/ml-100k.inter`` next to the repository,
+2. for ``ml-100k``: ``$MIND_SHARED_DATA/ml-100k/ml-100k.inter``, by default
+   ``../shared/data/`` next to the repository (the development machines' copy),
 3. the cache folder (``$MIND_DATA_DIR`` if set, else ``$XDG_CACHE_HOME/mind-recall`` or
    ``~/.cache/mind-recall``): ``synthetic`` is generated there (RecBole atomic files, read by
    the same loader as user data); MovieLens names are downloaded there from GroupLens.
@@ -21,7 +22,6 @@ from model.data.download import MOVIELENS_FILES, fetch_movielens
 from model.data.synthetic import GENERATOR_VERSION, SyntheticSpec, generate, write_recbole
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SYNTHETIC = "synthetic"
 
 
@@ -79,7 +79,8 @@ def _local_candidates(name: str) -> list[Path]:
         if name in MOVIELENS_FILES:
             found += [folder / Path(MOVIELENS_FILES[name]).name, Path(os.environ["MIND_DATA_DIR"]) / MOVIELENS_FILES[name]]
     if name == "ml-100k":
-        found.append(SHARED_DATA / "ml-100k" / "ml-100k.inter")
+        shared = os.environ.get("MIND_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data"
+        found.append(Path(shared) / "ml-100k" / "ml-100k.inter")
     if name in MOVIELENS_FILES:
         found.append(cache_dir() / MOVIELENS_FILES[name])
     return found
