@@ -139,6 +139,9 @@ def test_ml100k_counts_split_and_samples(ml100k_inter):
     assert (ds.n_users, ds.n_items) == (943, 1349)
     assert sum(len(s) for s in ds.sequences.values()) == 99_287
     assert (len(ds.train_users), len(ds.val_users), len(ds.test_users)) == (754, 94, 95)
+    assert ds.stats() == {"users": 943, "items": 1349, "interactions": 99_287, "train_users": 754,
+                          "val_users": 94, "test_users": 95, "profile_features": ["age", "gender", "occupation"],
+                          "item_side_features": ["class"]}
     assert ds.profile_features == ("age", "gender", "occupation")  # zip_code is too sparse
     assert list(ds.item_side) == ["class"]
     histories, targets, users = training_samples(ds, max_len=20)

@@ -96,6 +96,14 @@ class SequenceDataset:
         flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
         return np.bincount(flat, minlength=self.n_items + 1).astype(np.int64)
 
+    def stats(self) -> dict:
+        """Sizes for logs and reports: users, items, interactions, split sizes, feature names."""
+        return {"users": self.n_users, "items": self.n_items,
+                "interactions": int(sum(len(s) for s in self.sequences.values())),
+                "train_users": len(self.train_users), "val_users": len(self.val_users),
+                "test_users": len(self.test_users), "profile_features": list(self.profile_features),
+                "item_side_features": list(self.item_side)}
+
     def vocab_json(self) -> dict:
         """The run directory's ``vocab.json`` content."""
         return {"items": self.items.to_json(), "users": self.users.to_json(),
