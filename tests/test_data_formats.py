@@ -172,6 +172,8 @@ def test_undecodable_bytes_name_the_line(tmp_path):
 def test_missing_path_and_unknown_fmt():
     with pytest.raises(FileNotFoundError, match="nowhere.inter"):
         load_interactions("nowhere.inter")
+    with pytest.raises(DataFormatError, match=r"movielens-100k has fixed columns, so \['time_col'\] cannot apply"):
+        load_interactions(FIXTURES / "ml-100k" / "u.data", time_col="when")
     with pytest.raises(DataFormatError, match="unknown format 'excel'"):
         load_interactions(FIXTURES / "generic" / "events.tsv", fmt="excel")
 

@@ -49,6 +49,10 @@ def load_interactions(path, *, fmt=None, user_col=None, item_col=None, time_col=
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise DataFormatError(path, None, f"unknown format {fmt!r}; known formats: {sorted(FORMATS)}")
+    fixed = {k: v for k, v in (("user_col", user_col), ("item_col", item_col), ("time_col", time_col), ("sep", sep)) if v is not None}
+    if fmt.startswith("movielens") and fixed:
+        raise DataFormatError(path, None, f"{fmt} has fixed columns, so {sorted(fixed)} cannot apply; "
+                                          f"use fmt='csv' or 'tsv' to name columns")
     if fmt == "tsv" and sep is None:
         sep = "\t"
     if fmt == "csv" and sep is None and path.suffix.lower() == ".csv":
