@@ -41,7 +41,7 @@ SUPPORTED_FORMAT_VERSIONS = (1,)
 UNKNOWN_VALUE = "<unk>"
 BUNDLE_DIR_MODE = 0o755
 
-__all__ = ["FORMAT_VERSION", "Bundle", "BundleError", "latest_bundle", "load_bundle",
+__all__ = ["FORMAT_VERSION", "MANIFEST", "Bundle", "BundleError", "latest_bundle", "load_bundle",
            "prepare_histories", "write_bundle"]
 
 
