@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.bundle import BundleError
 from service.batcher import Batcher, DeadlineError, QueueFullError
@@ -32,7 +33,7 @@ from service.state import ServiceState, get_state
 
 log = logging.getLogger("service.app")
 ENDPOINTS = frozenset({"/recall", "/recall/batch", "/healthz", "/readyz", "/version", "/metrics", "/admin/reload"})
-ERRORS = {code: {"model": ErrorResponse} for code in (413, 422, 503)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 422, 503)}
 
 
 def _unavailable(state: ServiceState, reason: str) -> HTTPException:
@@ -114,8 +115,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.error("internal error", exc_info=exc, extra={"request_id": request.scope.get("state", {}).get("request_id")})
         return JSONResponse({"error": f"internal error: {type(exc).__name__}; see the server log"}, status_code=500)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    # Starlette's base class: FastAPI raises it for undecodable bodies (400) and the router for 404/405.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
