@@ -12,7 +12,8 @@ ItemId = StrictStr | StrictInt
 
 
 class RecallRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON true is not the integer 1, "5" is not a top_n (as the schema says)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     user_id: str | None = Field(None, description="caller's user id, only logged")
     history: list[ItemId] = Field(default_factory=list, description="item ids, oldest first, most recent last")
@@ -51,7 +52,7 @@ class RecallResponse(BaseModel):
 
 
 class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     path: str | None = Field(None, description="bundle or bundle root under the configured bundle root "
                                                "(relative paths are taken from it); default: the newest bundle there")
