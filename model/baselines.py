@@ -99,6 +99,17 @@ def item_cf_scores(cf: ItemCF, histories: np.ndarray, include_self: bool = False
     return np.ascontiguousarray(scores)
 
 
+def _top_columns(scores: np.ndarray, width: int) -> np.ndarray:
+    """(B, width) column indices of each row's largest scores, best first (ties by column)."""
+    if width < scores.shape[1]:
+        part = np.argpartition(-scores, width - 1, axis=1)[:, :width]        # unordered top
+        # order by score desc, then column asc (a tie at the cut may keep either column)
+        keys = np.take_along_axis(scores, part, axis=1)
+        order = np.lexsort((part, -keys), axis=-1)
+        return np.take_along_axis(part, order, axis=1)
+    return np.argsort(-scores, axis=1, kind="stable")
+
+
 def item_cf_topn(train_sequences: list[np.ndarray], histories: np.ndarray, n_items: int, n: int,
                  exclude: list[np.ndarray] | None = None, include_self: bool = False) -> np.ndarray:
     """(U, n) rows by item-CF score, descending; rows scoring 0 are not candidates (``-1``).
@@ -114,6 +125,6 @@ def item_cf_topn(train_sequences: list[np.ndarray], histories: np.ndarray, n_ite
         scores = item_cf_scores(cf, histories[start:start + CF_USERS_PER_BLOCK], include_self)
         for b, rows in enumerate(exclude[start:start + len(scores)] if exclude is not None else []):
             scores[b, np.asarray(rows, dtype=np.int64)] = -np.inf
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :width]          # (B, width)
+        top = _top_columns(scores, width)                                    # (B, width)
         out[start:start + len(scores), :width] = np.where(np.take_along_axis(scores, top, axis=1) > 0, top, -1)
     return out

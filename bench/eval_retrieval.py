@@ -1,0 +1,63 @@
+"""Offline evaluation retrieval: users/s of `multi_interest_topn` (one batched exact FAISS search
+for all active capsules, merge, de-duplication, history exclusion) and of the item-CF baseline.
+
+    nice -n 10 .venv/bin/python -m bench.eval_retrieval [--users 5000] [--items 100000] [--dim 64]
+        [--interests 4] [--history 20] [--top-n 100]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import time
+
+import numpy as np
+
+from model.baselines import item_cf_topn
+from model.retrieval import exact_index, multi_interest_topn
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=5000)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--interests", type=int, default=4)
+    parser.add_argument("--history", type=int, default=20)
+    parser.add_argument("--top-n", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    items = rng.normal(size=(args.items, args.dim)).astype(np.float32)          # (n_items, d)
+    capsules = rng.normal(size=(args.users, args.interests, args.dim)).astype(np.float32)
+    active = rng.random((args.users, args.interests)) < 0.75                     # (U, K)
+    active[:, 0] = True
+    histories = rng.integers(1, args.items + 1, size=(args.users, args.history))  # (U, L) indices
+    exclude = [h - 1 for h in histories]
+    index = exact_index(items)
+
+    print(f"command: {shlex.join([sys.executable, '-m', 'bench.eval_retrieval', *sys.argv[1:]])}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}")
+    print(f"users={args.users} items={args.items} d={args.dim} K={args.interests} "
+          f"(active capsules {int(active.sum())}) history={args.history} top_n={args.top_n}")
+    for label, kwargs in (("MIND top-n, history kept", {}), ("MIND top-n, history excluded", {"exclude": exclude})):
+        start = time.perf_counter()
+        multi_interest_topn(capsules, active, index, args.top_n, **kwargs)
+        took_s = time.perf_counter() - start
+        print(f"{label:32s} {took_s:7.2f} s  {args.users / took_s:9.0f} users/s")
+    train = [rng.integers(1, args.items + 1, size=rng.integers(5, 60)) for _ in range(4 * args.users)]
+    start = time.perf_counter()
+    item_cf_topn(train, histories, args.items, args.top_n, exclude)
+    took_s = time.perf_counter() - start
+    print(f"{'item-CF top-n (fit + score)':32s} {took_s:7.2f} s  {args.users / took_s:9.0f} users/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
