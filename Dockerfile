@@ -39,6 +39,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib \
+    MIND_DATA_DIR=/data/datasets \
     RUN_DIR=/data/runs/default \
     BUNDLE_DIR=/data/bundles/default \
     HOST=0.0.0.0 \
