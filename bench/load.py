@@ -127,14 +127,12 @@ def parse_args(argv):
 
 
 def _pipeline_baseline(bundle_path: Path, args) -> float:
-    """Best requests/s of the bare pipeline over batch sizes 16 and 32, with server-like threads."""
-    import faiss
-    import torch
-
+    """Best requests/s of the bare pipeline over batch sizes 16 and 32, with the server's compute settings."""
     from model.bundle import load_bundle
-    env = dict(e.split("=", 1) for e in args.env)
-    torch.set_num_threads(int(env.get("MIND_TORCH_THREADS", 1)))
-    faiss.omp_set_num_threads(int(env.get("MIND_FAISS_THREADS", 1)))
+    from service.pipeline import configure_compute
+    from service.settings import Settings
+    settings = Settings(**{k.removeprefix("MIND_").lower(): v for k, v in (e.split("=", 1) for e in args.env)})
+    configure_compute(settings.torch_threads, settings.faiss_threads, settings.faiss_blas_threshold)
     bundle = load_bundle(bundle_path)
     histories = random_histories(bundle, 4096, args.history)
     best = max(measure(bundle, size, histories, args.top_n, args.pipeline_seconds)["rps"] for size in (16, 32))

@@ -4,7 +4,7 @@
         [--history 20] [--top-n 100] [--batch-sizes 1,8,16,32,64] [--seconds 3]
 
 This is exactly what the service's worker thread runs per batch (`service.pipeline.recall_batch`),
-with the service's default thread settings (torch 1, faiss 1), so `bench/load.py` can report
+with the service's default compute settings (threads, FAISS BLAS threshold), so `bench/load.py` can report
 HTTP throughput as a ratio of it. The bundle (random tower and item vectors, flat index) is
 built once under --cache and reused.
 """
@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from model.bundle import Bundle, load_bundle, write_bundle
-from service.pipeline import RecallQuery, RetrievalOptions, recall_batch
+from service.pipeline import RecallQuery, RetrievalOptions, configure_compute, recall_batch
+from service.settings import Settings
 
 DEFAULT_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "mind-recall-bench"
 
@@ -98,8 +99,10 @@ def parse_args(argv):
     parser.add_argument("--top-n", type=int, default=100)
     parser.add_argument("--batch-sizes", default="1,8,16,32,64")
     parser.add_argument("--seconds", type=float, default=3.0, help="per batch size")
-    parser.add_argument("--torch-threads", type=int, default=1)
-    parser.add_argument("--faiss-threads", type=int, default=1)
+    defaults = Settings()
+    parser.add_argument("--torch-threads", type=int, default=defaults.torch_threads)
+    parser.add_argument("--faiss-threads", type=int, default=defaults.faiss_threads)
+    parser.add_argument("--faiss-blas-threshold", type=int, default=defaults.faiss_blas_threshold)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     return parser.parse_args(argv)
 
@@ -108,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"command: python -m bench.pipeline {shlex.join(argv if argv is not None else sys.argv[1:])}")
     print(f"machine: {machine()}")
-    torch.set_num_threads(args.torch_threads)
-    faiss.omp_set_num_threads(args.faiss_threads)
+    configure_compute(args.torch_threads, args.faiss_threads, args.faiss_blas_threshold)
     bundle = load_bundle(bench_bundle(args.cache, args.items, args.dim, args.interests, args.history))
     histories = random_histories(bundle, 4096, args.history)
     print(f"catalogue {args.items} x d={args.dim}, K={args.interests}, history {args.history}, top_n {args.top_n}, "
-          f"torch threads {args.torch_threads}, faiss threads {args.faiss_threads}")
+          f"torch threads {args.torch_threads}, faiss threads {args.faiss_threads}, "
+          f"blas threshold {args.faiss_blas_threshold}")
     print(f"{'batch':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for size in (int(s) for s in args.batch_sizes.split(",")):
         m = measure(bundle, size, histories, args.top_n, args.seconds)

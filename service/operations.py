@@ -15,7 +15,7 @@ VERSION_KEYS = ("model_version", "created_at", "format_version", "n_items", "dim
                 "profile_features", "index", "hyperparameters", "metrics")
 
 
-def require_admin(request: Request, state: ServiceState = Depends(get_state)) -> None:
+async def require_admin(request: Request, state: ServiceState = Depends(get_state)) -> None:
     """Bearer token check, constant time; the endpoint is off when no token is configured."""
     token = state.settings.admin_token
     if token is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import faiss
 import numpy as np
 import torch
 
@@ -17,6 +18,13 @@ from model.bundle import Bundle
 from service import retrieval
 
 PADDING = 0  # tower item index of an empty history slot
+
+
+def configure_compute(torch_threads: int, faiss_threads: int, faiss_blas_threshold: int) -> None:
+    """Process-wide thread counts of torch and FAISS, and when FAISS switches to BLAS."""
+    torch.set_num_threads(torch_threads)
+    faiss.omp_set_num_threads(faiss_threads)
+    faiss.cvar.distance_compute_blas_threshold = faiss_blas_threshold
 
 
 @dataclass(frozen=True)

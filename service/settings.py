@@ -5,11 +5,17 @@ Values come from environment variables with the prefix ``MIND_`` (``MIND_PORT=90
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_faiss_threads(cpu_count: int | None) -> int:
+    """All cores but one (the event loop's), 1 to 8: the search is the heavy stage."""
+    return max(1, min(8, (cpu_count or 2) - 1))
 
 
 class Settings(BaseSettings):
@@ -21,23 +27,23 @@ class Settings(BaseSettings):
     bundle: Path | None = Field(None, description="bundle directory, or a bundle root (newest version is served)")
     bundle_root: Path | None = Field(None, description="directory reload paths must resolve under; default: --bundle if it is a root, else its parent")
     watch_interval_s: float = Field(0.0, ge=0, description="poll the bundle root for a newer version every N s (0 = off)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="tower device; auto = cuda when available (the index stays on CPU)")
 
     # HTTP
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(8000, ge=0, le=65535, description="listen port")
     workers: int = Field(1, ge=1, le=1, description="one process by design: dynamic batching needs every request in one queue; scale with replicas")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="JSON-line log level")
     log_requests: bool = Field(True, description="one JSON log line per request")
     admin_token: SecretStr | None = Field(None, description="bearer token for POST /admin/reload; unset = endpoint disabled")
 
     # Request limits (beyond them: 422, or 413 for the body)
-    default_top_n: int = Field(50, ge=1)
-    max_top_n: int = Field(1000, ge=1)
+    default_top_n: int = Field(50, ge=1, description="top_n of a request that gives none")
+    max_top_n: int = Field(1000, ge=1, description="largest accepted top_n")
     max_history: int = Field(1000, ge=1, description="longest accepted history; the tower keeps the newest max_len")
-    max_exclude: int = Field(10_000, ge=0)
+    max_exclude: int = Field(10_000, ge=0, description="longest accepted exclude list")
     max_batch_requests: int = Field(256, ge=1, description="most requests in one POST /recall/batch")
-    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
     explain_items: int = Field(3, ge=1, description="history items listed per interest with explain=true")
 
     # Batching and backpressure
@@ -45,11 +51,14 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(2.0, ge=0, description="how long the batcher waits to fill a batch")
     max_queue: int = Field(512, ge=1, description="queued requests before 503 + Retry-After")
     request_timeout_ms: float = Field(1000.0, gt=0, description="deadline from arrival; past it the answer is 503")
-    retry_after_s: int = Field(1, ge=0)
+    retry_after_s: int = Field(1, ge=0, description="Retry-After of 503 answers")
 
     # Compute
-    torch_threads: int = Field(1, ge=1)
-    faiss_threads: int = Field(1, ge=1)
-    merge_policy: Literal["score", "round_robin"] = "score"
+    torch_threads: int = Field(1, ge=1, description="intra-op threads of the tower (small: it is cheap)")
+    faiss_threads: int = Field(default_factory=lambda: default_faiss_threads(os.cpu_count()), ge=1,
+                               description="OpenMP threads of the FAISS search; default leaves one core to the event loop")
+    faiss_blas_threshold: int = Field(1, ge=1, description="FAISS flat search uses one BLAS matrix product from this many queries "
+                                      "per call (FAISS's own default, 128000, never does at serving sizes: ~5x slower per query)")
+    merge_policy: Literal["score", "round_robin"] = Field("score", description="how capsule lists merge: best score first, or interests taking turns")
     overfetch: int = Field(8, ge=0, description="extra candidates per capsule beyond top_n + exclusions")
-    warmup_batches: int = Field(3, ge=0)
+    warmup_batches: int = Field(3, ge=0, description="dummy batches run on a bundle before it serves (start and reload)")

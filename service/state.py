@@ -146,6 +146,7 @@ class ServiceState:
                     refused = newest  # logged and counted in load(); keep watching
 
 
-def get_state(request: Request) -> ServiceState:
-    """FastAPI dependency: the app's ServiceState."""
+async def get_state(request: Request) -> ServiceState:
+    """FastAPI dependency: the app's ServiceState (async: a sync dependency would cost a
+    threadpool hop per request)."""
     return request.app.state.service
