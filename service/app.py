@@ -23,7 +23,7 @@ from service.batcher import Batcher, DeadlineError, QueueFullError
 from service.metrics import ServiceMetrics
 from service.observability import RequestContextMiddleware
 from service.operations import add_operational_routes
-from service.pipeline import RecallQuery, configure_compute, recall_batch
+from service.pipeline import RecallQuery, recall_batch
 from service.queries import LimitError, to_query
 from service.schemas import ErrorResponse, RecallRequest, RecallResponse
 from service.settings import Settings
@@ -80,10 +80,11 @@ def _json(body) -> Response:
 async def lifespan(app: FastAPI):
     state: ServiceState = app.state.service
     settings = state.settings
-    configure_compute(settings.torch_threads, settings.faiss_threads, settings.faiss_blas_threshold)
+    state.configure_compute()
     state.batcher = Batcher(lambda queries: _run_batch(state, queries), max_batch_size=settings.max_batch_size,
                             wait_s=settings.batch_wait_ms / 1000, max_queue=settings.max_queue,
-                            on_batch=lambda size, waits: _observe_batch(state, size, waits))
+                            on_batch=lambda size, waits: _observe_batch(state, size, waits),
+                            thread_init=state.configure_compute)
     state.metrics.queue_depth.set_function(lambda: state.batcher.depth)
     state.batcher.start()
     if settings.bundle is not None:

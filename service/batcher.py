@@ -1,7 +1,7 @@
 """Dynamic batching: gather concurrent requests for a few ms, run them as one batch off the loop.
 
 Requests wait in a bounded asyncio queue; one collector task takes up to ``max_batch_size``
-of them (waiting at most ``wait_s`` after the first) and hands the batch to ONE dedicated
+of them (waiting ``wait_s`` for more when the previous batch had company) and hands the batch to ONE dedicated
 worker thread, so torch and FAISS never run on the event loop and never run two batches at
 once (which would oversubscribe the cores). While a batch runs, the next one accumulates.
 """
@@ -40,15 +40,19 @@ class Batcher:
     """
 
     def __init__(self, run_batch: Callable[[list], list], *, max_batch_size: int, wait_s: float,
-                 max_queue: int, on_batch: Callable[[int, list[float]], None] | None = None) -> None:
+                 max_queue: int, on_batch: Callable[[int, list[float]], None] | None = None,
+                 thread_init: Callable[[], None] | None = None) -> None:
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._wait_s = wait_s
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
         self._on_batch = on_batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recall-worker")
+        # thread_init runs in the worker thread itself: OpenMP thread counts are per thread.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recall-worker",
+                                            initializer=thread_init)
         self._task: asyncio.Task | None = None
         self._busy = False               # a batch is running on the worker thread
+        self._last_size = 0              # requests in the previous batch
 
     @property
     def depth(self) -> int:
@@ -82,12 +86,14 @@ class Batcher:
 
     async def _next_batch(self) -> list[_Job]:
         # One sleep rather than wait_for(queue.get()): a get cancelled by a timeout can lose
-        # its item on Python < 3.12.
+        # its item on Python < 3.12. The wait is only worth it under concurrency: while the
+        # previous batch held a single request, waiting would only add latency.
         batch = [await self._queue.get()]
         self._take_waiting(batch)
-        if len(batch) < self._max_batch_size and self._wait_s > 0:
+        if len(batch) < self._max_batch_size and self._wait_s > 0 and self._last_size > 1:
             await asyncio.sleep(self._wait_s)
             self._take_waiting(batch)
+        self._last_size = len(batch)
         return batch
 
     async def _collect(self) -> None:

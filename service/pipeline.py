@@ -21,7 +21,8 @@ PADDING = 0  # tower item index of an empty history slot
 
 
 def configure_compute(torch_threads: int, faiss_threads: int, faiss_blas_threshold: int) -> None:
-    """Process-wide thread counts of torch and FAISS, and when FAISS switches to BLAS."""
+    """Thread counts of torch (process-wide) and FAISS (OpenMP: for the CALLING thread, so
+    call it in the thread that searches), and when FAISS switches to BLAS (process-wide)."""
     torch.set_num_threads(torch_threads)
     faiss.omp_set_num_threads(faiss_threads)
     faiss.cvar.distance_compute_blas_threshold = faiss_blas_threshold

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from starlette.requests import Request
 
 from model.bundle import MANIFEST, Bundle, BundleError, latest_bundle, load_bundle
 from service.metrics import ServiceMetrics
-from service.pipeline import RecallQuery, RetrievalOptions, recall_batch
+from service.pipeline import RecallQuery, RetrievalOptions, configure_compute, recall_batch
 from service.settings import Settings
 
 log = logging.getLogger("service.state")
@@ -101,8 +101,18 @@ class ServiceState:
         """Where a reload request points: under the bundle root (default: the root's newest)."""
         return reload_target(self.root, requested)
 
+    def configure_compute(self) -> None:
+        """torch/FAISS thread counts and BLAS threshold for the calling thread (FAISS OpenMP
+        settings are per thread: call it in every thread that searches)."""
+        configure_compute(self.settings.torch_threads, self.settings.faiss_threads, self.settings.faiss_blas_threshold)
+
     def _load_and_warm(self, path: Path) -> Bundle:
+        self.configure_compute()   # this side thread warms up with the serving thread counts
         bundle = load_bundle(path, device=self.device)
+        # A private copy of the memory-mapped item vectors (n_items x d x 4 bytes): with the map,
+        # an in-place write to the served item_vectors.npy changed live scores (a truncation
+        # would SIGBUS the process). Found by tests/test_faults.py.
+        bundle = replace(bundle, item_vectors=np.array(bundle.item_vectors))
         warm_up(bundle, self.options, self.settings.warmup_batches)
         return bundle
 
