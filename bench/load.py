@@ -39,12 +39,15 @@ def request_bytes(history: list[str], top_n: int) -> bytes:
     return head + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    """Read one HTTP/1.1 response with a Content-Length body; return its status."""
+async def _read_response(reader: asyncio.StreamReader, headers: dict | None = None) -> int:
+    """Read one HTTP/1.1 response with a Content-Length body; return its status
+    (and fill ``headers`` {lower-case name: value}, bytes, when given: bench/overload.py)."""
     status = int((await reader.readline()).split(b" ", 2)[1])
     length = 0
     while (line := await reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.partition(b":")
+        if headers is not None:
+            headers[name.lower()] = value.strip()
         if name.lower() == b"content-length":
             length = int(value)
     await reader.readexactly(length)
@@ -81,6 +84,16 @@ async def drive(port: int, requests: list[bytes], concurrency: int, seconds: flo
     ok = statuses.get(200, 0)
     return {"concurrency": concurrency, "requests": len(latencies), "ok": ok, "rps": ok / elapsed,
             "statuses": statuses, **{f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}}
+
+
+def run_client(coroutine):
+    """Run on uvloop when installed: the client shares the CPUs with the server."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
 
 
 def free_port() -> int:
@@ -156,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
               f"top_n {args.top_n}; server env {args.env or 'defaults'}")
         print(f"{'conc':>5} {'ok':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'vs bare':>8}  statuses")
         for concurrency in (int(c) for c in args.concurrency.split(",")):
-            r = asyncio.run(drive(port, requests, concurrency, args.seconds, args.max_requests))
+            r = run_client(drive(port, requests, concurrency, args.seconds, args.max_requests))
             ratio = f"{r['rps'] / baseline:.0%}" if baseline else "-"
             print(f"{concurrency:>5} {r['ok']:>7} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p95']:>8.2f} "
                   f"{r['p99']:>8.2f} {ratio:>8}  {r['statuses']}", flush=True)

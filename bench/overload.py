@@ -1,0 +1,215 @@
+"""Overload drill of `mind serve`: saturation throughput, then an open-loop arrival rate of
+``--factor`` x that for ``--seconds``; prints whether it stayed up, the 503 (+ Retry-After)
+share, the p99 of accepted requests against the stated bound, the server's RSS before /
+during / after, and how long latency takes to return to normal once the load stops.
+
+    nice -n 10 .venv/bin/python -m bench.overload [--items 100000] [--factor 3] [--seconds 20]
+        [--env MIND_MAX_QUEUE=128] [--env MIND_REQUEST_TIMEOUT_MS=500]
+
+Loopback only, bounded: every phase has a time limit and the open loop holds at most
+``--max-connections`` connections (arrivals finding none free are counted, not queued).
+Reuses bench/load.py (server start, request encoding, response reader, closed-loop driver).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.load import _read_response, drive, free_port, request_bytes, start_server
+from bench.pipeline import DEFAULT_CACHE, bench_bundle, machine
+
+TICK_S = 0.005
+DEFAULT_ENV = ("MIND_MAX_QUEUE=128", "MIND_REQUEST_TIMEOUT_MS=500", "MIND_LOG_REQUESTS=false")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of ``pid`` in MiB (/proc/<pid>/status VmRSS)."""
+    with open(f"/proc/{pid}/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return kib / 1024
+
+
+class OpenLoop:
+    """Arrivals at a fixed rate over a bounded pool of keep-alive connections."""
+
+    def __init__(self, port: int, requests: list[bytes], max_connections: int) -> None:
+        self.port, self.requests, self.max_connections = port, requests, max_connections
+        self.idle: list = []
+        self.opened = 0
+        self.results: list[tuple[int, float, bool]] = []   # (status, seconds, has Retry-After)
+        self.errors = 0          # connection failures: the service did not answer at all
+        self.unsent = 0          # arrivals finding every connection busy (client-side cap)
+
+    async def _one(self, conn, payload: bytes) -> None:
+        reader, writer = conn
+        started = time.perf_counter()
+        headers: dict = {}
+        try:
+            writer.write(payload)
+            status = await _read_response(reader, headers)
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            self.errors += 1
+            writer.close()
+            self.opened -= 1
+            return
+        self.results.append((status, time.perf_counter() - started, b"retry-after" in headers))
+        self.idle.append(conn)
+
+    async def _connection(self):
+        if self.idle:
+            return self.idle.pop()
+        if self.opened >= self.max_connections:
+            return None
+        self.opened += 1
+        try:
+            return await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            self.opened -= 1
+            self.errors += 1
+            return None
+
+    async def run(self, rate: float, seconds: float) -> float:
+        """Offer ``rate`` requests/s for ``seconds``; returns the rate actually offered."""
+        tasks, sent, start = set(), 0, time.perf_counter()
+        while (now := time.perf_counter()) < start + seconds:
+            due = int((now - start) * rate) - sent - self.unsent
+            for _ in range(due):
+                conn = await self._connection()
+                if conn is None:
+                    self.unsent += 1
+                    continue
+                task = asyncio.create_task(self._one(conn, self.requests[sent % len(self.requests)]))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                sent += 1
+            await asyncio.sleep(TICK_S)
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+        for _, writer in self.idle:
+            writer.close()
+        return sent / seconds
+
+
+def summarise(loop: OpenLoop) -> dict:
+    statuses: dict[int, int] = {}
+    for status, _, _ in loop.results:
+        statuses[status] = statuses.get(status, 0) + 1
+    ok_ms = np.asarray([s for status, s, _ in loop.results if status == 200]) * 1000
+    shed = [has for status, _, has in loop.results if status == 503]
+    total = len(loop.results)
+    return {"statuses": statuses, "answered": total, "errors": loop.errors, "unsent": loop.unsent,
+            "shed_share": len(shed) / max(total, 1), "retry_after_share": sum(shed) / max(len(shed), 1),
+            **{f"ok_p{q}": float(np.percentile(ok_ms, q)) if len(ok_ms) else float("nan") for q in (50, 99)}}
+
+
+async def probe_ms(port: int, request: bytes, n: int) -> float:
+    """Median latency (ms) of ``n`` sequential requests on one connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        writer.write(request)
+        await _read_response(reader)
+        times.append(time.perf_counter() - started)
+    writer.close()
+    return float(np.median(times)) * 1000
+
+
+async def recovery_s(port: int, request: bytes, normal_ms: float, limit_s: float = 60) -> float:
+    """Seconds after the load stops until the probe median is within 1.5x normal (+1 ms)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        if await probe_ms(port, request, 5) <= 1.5 * normal_ms + 1:
+            return time.perf_counter() - start
+        await asyncio.sleep(0.05)
+    return float("inf")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--interests", type=int, default=4)
+    parser.add_argument("--history", type=int, default=20)
+    parser.add_argument("--top-n", type=int, default=100)
+    parser.add_argument("--saturation-concurrency", type=int, default=32)
+    parser.add_argument("--saturation-seconds", type=float, default=5.0)
+    parser.add_argument("--factor", type=float, default=3.0, help="offered load / saturation throughput")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of the overload")
+    parser.add_argument("--max-connections", type=int, default=512)
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"server environment (defaults: {' '.join(DEFAULT_ENV)})")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    return parser.parse_args(argv)
+
+
+async def drill(port: int, pid: int, requests: list[bytes], args) -> dict:
+    normal = await probe_ms(port, requests[0], 50)
+    saturation = await drive(port, requests, args.saturation_concurrency, args.saturation_seconds, 10**9)
+    rate = saturation["rps"] * args.factor
+    loop, rss = OpenLoop(port, requests, args.max_connections), [rss_mib(pid)]
+
+    async def sample_rss():
+        while True:
+            await asyncio.sleep(0.5)
+            rss.append(rss_mib(pid))
+    sampler = asyncio.create_task(sample_rss())
+    offered = await loop.run(rate, args.seconds)
+    sampler.cancel()
+    recovered = await recovery_s(port, requests[0], normal)
+    return {"normal_ms": normal, "saturation": saturation, "target_rate": rate, "offered_rate": offered,
+            "rss_during": rss, "recovery_s": recovered, **summarise(loop)}
+
+
+def report(r: dict, env: dict, rss_before: float, rss_after: float, alive: bool) -> None:
+    sat = r["saturation"]
+    bound = float(env.get("MIND_REQUEST_TIMEOUT_MS", 1000))
+    print(f"normal latency (1 connection, sequential): {r['normal_ms']:.2f} ms median")
+    print(f"saturation: {sat['rps']:.1f} req/s at concurrency {sat['concurrency']} "
+          f"(p99 {sat['p99']:.1f} ms, statuses {sat['statuses']})")
+    print(f"overload: target {r['target_rate']:.0f} req/s, offered {r['offered_rate']:.0f} req/s, "
+          f"answered {r['answered']}, statuses {r['statuses']}, connection errors {r['errors']}, "
+          f"unsent (client connection cap) {r['unsent']}")
+    print(f"shed: {r['shed_share']:.1%} of answers were 503; {r['retry_after_share']:.1%} of those had Retry-After")
+    print(f"accepted: p50 {r['ok_p50']:.1f} ms, p99 {r['ok_p99']:.1f} ms "
+          f"(bound: request_timeout_ms {bound:.0f} + one batch; within: {r['ok_p99'] <= bound * 1.5})")
+    during = r["rss_during"]
+    print(f"RSS MiB: before {rss_before:.1f}, during max {max(during):.1f} (last {during[-1]:.1f}), "
+          f"after {rss_after:.1f}")
+    print(f"recovery to normal latency after the load stopped: {r['recovery_s']:.2f} s")
+    print(f"stayed up: {alive}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"command: python -m bench.overload {shlex.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"machine: {machine()} (shared with other jobs; the client runs on the same cores)")
+    env = dict(e.split("=", 1) for e in (*DEFAULT_ENV, *args.env))
+    print(f"server env: {env}")
+    bundle_path = bench_bundle(args.cache, args.items, args.dim, args.interests, args.history)
+    ids = json.loads((bundle_path / "item_ids.json").read_text())
+    rows = np.random.default_rng(7).integers(0, len(ids), size=(2048, args.history))
+    requests = [request_bytes([ids[r] for r in row], args.top_n) for row in rows.tolist()]
+    port = free_port()
+    server = start_server(bundle_path, port, env, args.cache / "overload-server.log")
+    try:
+        rss_before = rss_mib(server.pid)
+        result = asyncio.run(drill(port, server.pid, requests, args))
+        alive = server.poll() is None
+        time.sleep(1)
+        report(result, env, rss_before, rss_mib(server.pid) if alive else float("nan"), alive)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        print(f"server exit code after SIGTERM: {server.wait(timeout=60)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
