@@ -7,6 +7,7 @@ one reference; a batch already running keeps the bundle it started with.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -130,6 +131,7 @@ class ServiceState:
                     self.not_ready_reason = f"bundle not loaded: {err}"
                 raise BundleError(str(err)) from err
             self.served = Served(bundle)
+            gc.freeze()  # the new bundle's id maps stay for its lifetime: out of the cyclic GC (app.lifespan)
             self.metrics.reloads.labels(result="success").inc()
             self.metrics.model.info({"model_version": bundle.model_version, "path": str(bundle.path)})
             log.info("bundle serving", extra={"bundle": str(bundle.path), "model_version": bundle.model_version,
