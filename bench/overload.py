@@ -44,8 +44,8 @@ class OpenLoop:
         self.port, self.requests, self.max_connections = port, requests, max_connections
         self.idle: list = []
         self.opened = 0
-        self.results: list[tuple[int, float, bool]] = []   # (status, seconds, has Retry-After)
-        self.errors = 0          # connection failures: the service did not answer at all
+        self.results: list[tuple[int, float, bool, float]] = []   # (status, seconds, has Retry-After, sent at)
+        self.failed_at: list[float] = []   # send times of requests the service never answered
         self.unsent = 0          # arrivals finding every connection busy (client-side cap)
 
     async def _one(self, conn, payload: bytes) -> None:
@@ -56,11 +56,11 @@ class OpenLoop:
             writer.write(payload)
             status = await _read_response(reader, headers)
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-            self.errors += 1
+            self.failed_at.append(started)
             writer.close()
             self.opened -= 1
             return
-        self.results.append((status, time.perf_counter() - started, b"retry-after" in headers))
+        self.results.append((status, time.perf_counter() - started, b"retry-after" in headers, started))
         self.idle.append(conn)
 
     async def _connection(self):
@@ -73,7 +73,7 @@ class OpenLoop:
             return await asyncio.open_connection("127.0.0.1", self.port)
         except OSError:
             self.opened -= 1
-            self.errors += 1
+            self.failed_at.append(time.perf_counter())
             return None
 
     async def run(self, rate: float, seconds: float) -> float:
@@ -91,7 +91,8 @@ class OpenLoop:
                 task.add_done_callback(tasks.discard)
                 sent += 1
             await asyncio.sleep(TICK_S)
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+        if tasks:
+            await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
         for _, writer in self.idle:
             writer.close()
         return sent / seconds
@@ -99,12 +100,12 @@ class OpenLoop:
 
 def summarise(loop: OpenLoop) -> dict:
     statuses: dict[int, int] = {}
-    for status, _, _ in loop.results:
+    for status, *_ in loop.results:
         statuses[status] = statuses.get(status, 0) + 1
-    ok_ms = np.asarray([s for status, s, _ in loop.results if status == 200]) * 1000
-    shed = [has for status, _, has in loop.results if status == 503]
+    ok_ms = np.asarray([s for status, s, *_ in loop.results if status == 200]) * 1000
+    shed = [has for status, _, has, _ in loop.results if status == 503]
     total = len(loop.results)
-    return {"statuses": statuses, "answered": total, "errors": loop.errors, "unsent": loop.unsent,
+    return {"statuses": statuses, "answered": total, "errors": len(loop.failed_at), "unsent": loop.unsent,
             "shed_share": len(shed) / max(total, 1), "retry_after_share": sum(shed) / max(len(shed), 1),
             **{f"ok_p{q}": float(np.percentile(ok_ms, q)) if len(ok_ms) else float("nan") for q in (50, 99)}}
 
