@@ -143,8 +143,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _add_recall_routes(app: FastAPI) -> None:
     @app.post("/recall", response_model=RecallResponse, responses=ERRORS)
-    async def recall(body: RecallRequest, state: ServiceState = Depends(get_state)):
+    async def recall(body: RecallRequest, request: Request, state: ServiceState = Depends(get_state)):
         started = time.perf_counter()
+        if body.user_id is not None:
+            request.scope["state"]["user_id"] = body.user_id     # for the request's log line
         try:
             query = to_query(body, state.settings, state.bundle)
         except LimitError as err:

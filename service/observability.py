@@ -123,5 +123,8 @@ class RequestContextMiddleware:
         self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
         self.metrics.request_seconds.labels(endpoint=endpoint).observe(took_s)
         if self.log_requests:
-            self.log.info("request", extra={"request_id": request_id.decode(), "method": scope["method"],
-                                            "path": path, "status": status, "took_ms": round(took_s * 1000, 3)})
+            fields = {"request_id": request_id.decode(), "method": scope["method"], "path": path,
+                      "status": status, "took_ms": round(took_s * 1000, 3)}
+            if "user_id" in scope["state"]:
+                fields["user_id"] = scope["state"]["user_id"]
+            self.log.info("request", extra=fields)

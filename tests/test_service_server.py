@@ -22,7 +22,8 @@ def keep_sending(url: str, stop: threading.Event, seen: list) -> None:
     with httpx.Client(timeout=10) as client:
         i = 0
         while not stop.is_set():
-            r = client.post(url, json={"history": [item_id(i % 300), item_id((i * 7) % 300), item_id(5)], "top_n": 20})
+            r = client.post(url, json={"history": [item_id(i % 300), item_id((i * 7) % 300), item_id(5)], "top_n": 20,
+                                          "user_id": "u-7"})
             seen.append((r.status_code, r.json().get("model_version") or r.text))
             i += 1
 
@@ -70,7 +71,7 @@ def test_reload_under_load_then_sigterm_drains(tmp_path):
         assert all(len(a.json()) == 4 and len(a.json()[0]["items"]) == 50 for a in answers)
         assert server.wait(timeout=30) == 0
         log = log_path.read_text()
-        assert '"msg": "drained and stopped"' in log and '"request_id"' in log
+        assert '"msg": "drained and stopped"' in log and '"request_id"' in log and '"user_id": "u-7"' in log
     finally:
         if server.poll() is None:
             server.kill()
