@@ -1,0 +1,70 @@
+"""Hyper-parameters, as frozen dataclasses saved into every run's ``config.json``."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+ROUTING_AXES = ("interests", "behaviors")
+LOSSES = ("full", "sampled")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The MIND network. Defaults are the winners of the ml-100k ablation (bench/ablation.md)."""
+    n_items: int                      # catalogue size, without the padding index 0
+    embed_dim: int = 64               # d: item, capsule and output dimension
+    n_interests: int = 4              # K: maximum number of interest capsules
+    max_len: int = 50                 # behaviours kept per user (most recent)
+    routing_iters: int = 3            # r: dynamic-routing iterations
+    # Which axis the routing softmax normalises over: "interests" = the paper's Algorithm 1
+    # (each behaviour distributes its weight over the interests); "behaviors" = ComiRec /
+    # DeepMatch (each interest distributes over the behaviours). See bench/ablation.md.
+    routing_softmax: str = "interests"
+    dynamic_k: bool = True            # K'_u = max(1, min(K, floor(log2 |I_u|)))
+    pow_p: float = 2.0                # label-aware attention sharpness (0 = mean pooling)
+    hidden_dim: int = 256             # width of the first of the two H (fusion) layers
+    profile_dim: int = 16             # embedding width of each user-profile feature
+    profile_vocab_sizes: tuple[int, ...] = ()           # per profile feature, incl. 0 = unknown
+    item_side_vocab_sizes: dict[str, int] = field(default_factory=dict)  # per item side feature
+    init_seed: int = 2020             # seeds the routing logits' one-time Gaussian draw
+    loss: str = "full"                # "full" softmax or "sampled" softmax with logQ correction
+    n_negatives: int = 1000           # shared negatives per batch for the sampled softmax
+
+    def __post_init__(self):
+        if self.routing_softmax not in ROUTING_AXES:
+            raise ValueError(f"routing_softmax must be one of {ROUTING_AXES}, got {self.routing_softmax!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("n_items", "embed_dim", "n_interests", "max_len", "routing_iters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        object.__setattr__(self, "profile_vocab_sizes", tuple(int(v) for v in self.profile_vocab_sizes))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation loop."""
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    patience: int = 4                 # epochs without validation Recall@50 gain before stopping
+    samples_per_user: int = 0         # positions sampled per train user per epoch (0 = all)
+    seed: int = 2020
+    device: str = "auto"
+    eval_every: int = 1               # epochs between validation passes
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def model_config_from_dict(values: dict) -> ModelConfig:
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def train_config_from_dict(values: dict) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,39 @@
+"""Training losses: full softmax over the catalogue, or sampled softmax with logQ correction."""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+MASKED_LOGIT = -1e9
+
+
+def full_softmax_loss(user: torch.Tensor, table: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """user (B, d), table (N + 1, d) with row 0 = padding, target (B,) item indices -> scalar."""
+    logits = user @ table[1:].t()                                     # (B, N)
+    return F.cross_entropy(logits, target - 1)
+
+
+def sampling_distribution(item_counts: torch.Tensor, power: float = 0.75) -> torch.Tensor:
+    """(N + 1,) counts -> (N + 1,) probabilities (row 0 = padding gets 0); smoothed popularity."""
+    weights = (item_counts.double() + 1.0).pow(power)
+    weights[0] = 0.0
+    return (weights / weights.sum()).float()
+
+
+def sampled_softmax_loss(user: torch.Tensor, table: torch.Tensor, target: torch.Tensor,
+                         probabilities: torch.Tensor, n_negatives: int,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sampled softmax with negatives shared across the batch and logQ correction.
+
+    user (B, d), table (N + 1, d), target (B,), probabilities (N + 1,) the sampler's q.
+    Every logit is corrected by -log(n_negatives * q_j) so the estimate is unbiased w.r.t. the
+    popularity-skewed sampler; a negative equal to the row's target is masked out.
+    """
+    negatives = torch.multinomial(probabilities, n_negatives, replacement=True, generator=generator)
+    negatives = negatives.to(table.device)
+    log_q = torch.log(probabilities.to(table.device) * n_negatives)   # (N + 1,)
+    positive = (user * table[target]).sum(1) - log_q[target]          # (B,)
+    negative = user @ table[negatives].t() - log_q[negatives]         # (B, S)
+    negative = negative.masked_fill(negatives.unsqueeze(0) == target.unsqueeze(1), MASKED_LOGIT)
+    logits = torch.cat([positive.unsqueeze(1), negative], dim=1)      # (B, 1 + S)
+    return F.cross_entropy(logits, torch.zeros_like(target))

@@ -1,0 +1,85 @@
+"""Behaviour-to-interest (B2I) dynamic routing: the multi-interest extractor of MIND.
+
+Everything here is per user: the routing logits start, for every user, from the same
+Gaussian draw made once at construction (a buffer, saved with the model) and are refined
+inside one forward call only. Nothing is carried between calls or summed over the batch,
+so a user's capsules depend on that user's behaviours alone, and serving is deterministic.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MASKED_LOGIT = -1e9  # stands for -inf without producing NaN when a whole row is masked
+SQUASH_EPS = 1e-9
+
+
+def squash(z: torch.Tensor) -> torch.Tensor:
+    """squash(z) = |z|^2 / (1 + |z|^2) * z / |z| over the LAST (embedding) axis; norms < 1."""
+    sq_norm = (z * z).sum(-1, keepdim=True)
+    return z * (sq_norm / (1.0 + sq_norm)) / torch.sqrt(sq_norm + SQUASH_EPS)
+
+
+def interest_count(n_real: torch.Tensor, max_interests: int, dynamic: bool) -> torch.Tensor:
+    """K'_u = max(1, min(K, floor(log2(n_real)))) per user (B,) int64; K when not dynamic."""
+    if not dynamic:
+        return torch.full_like(n_real, max_interests)
+    log2 = torch.floor(torch.log2(n_real.clamp(min=1).double())).long()
+    return log2.clamp(min=1, max=max_interests)
+
+
+def routing_weights(logits: torch.Tensor, mask: torch.Tensor, active: torch.Tensor,
+                    over_interests: bool) -> torch.Tensor:
+    """Masked routing softmax. logits (B, L, K), mask (B, L) bool, active (B, K) bool -> (B, L, K).
+
+    Padding positions and inactive interests always get exactly zero weight.
+    """
+    keep = mask.unsqueeze(2) & active.unsqueeze(1)                    # (B, L, K)
+    masked = logits.masked_fill(~keep, MASKED_LOGIT)
+    weights = torch.softmax(masked, dim=2 if over_interests else 1)
+    return weights * keep.to(weights.dtype)
+
+
+class B2IRouting(nn.Module):
+    """Dynamic routing from behaviour embeddings to K interest capsules (spec section 1.2)."""
+
+    def __init__(self, dim: int, n_interests: int, max_len: int, iterations: int = 3,
+                 softmax_over_interests: bool = True, dynamic_k: bool = True, seed: int = 2020):
+        super().__init__()
+        self.n_interests = n_interests
+        self.iterations = iterations
+        self.over_interests = softmax_over_interests
+        self.dynamic_k = dynamic_k
+        # The shared bilinear map S (d x d): a trained parameter.
+        self.S = nn.Parameter(torch.randn(dim, dim) * dim ** -0.5)
+        # Initial routing logits b_ij ~ N(0, 1): drawn once from a seeded generator, stored with
+        # the model, never updated. Row t is the t-th position counted from the most recent end.
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("initial_logits", torch.randn(max_len, n_interests, generator=generator))
+
+    def forward(self, behaviours: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """behaviours (B, L, d) left-padded, mask (B, L) bool (True = real behaviour), L <= max_len.
+
+        Returns capsules (B, K, d) (inactive ones all-zero), active (B, K) bool and the final
+        routing weights (B, K, L).
+        """
+        batch, length = mask.shape
+        n_real = mask.long().sum(1)                                                      # (B,)
+        k_user = interest_count(n_real, self.n_interests, self.dynamic_k)                # (B,)
+        active = torch.arange(self.n_interests, device=mask.device).unsqueeze(0) < k_user.unsqueeze(1)
+        mapped = torch.matmul(behaviours, self.S.t())                                   # (B, L, d)  S e_i
+        mapped_fixed = mapped.detach()
+        start = self.initial_logits.size(0) - length
+        logits = self.initial_logits[start:].unsqueeze(0).expand(batch, length, self.n_interests)
+        capsules = torch.zeros(batch, self.n_interests, behaviours.size(2), device=behaviours.device)
+        weights = torch.zeros_like(logits)
+        for it in range(self.iterations):
+            weights = routing_weights(logits, mask, active, self.over_interests)         # (B, L, K)
+            last = it == self.iterations - 1
+            source = mapped if last else mapped_fixed
+            capsules = squash(torch.einsum("blk,bld->bkd", weights, source))             # (B, K, d)
+            if not last:   # stop-gradient: the logit update carries no gradient
+                logits = logits + torch.einsum("bkd,bld->blk", capsules.detach(), mapped_fixed)
+        capsules = capsules * active.unsqueeze(2).to(capsules.dtype)
+        return capsules, active, weights.transpose(1, 2)

@@ -1,0 +1,130 @@
+"""The MIND network: item embedding -> B2I routing -> profile fusion -> label-aware attention.
+
+`MIND` is what training optimises; `MIND.user_tower()` is the serving half (history ->
+capsules) with the item table frozen in, scriptable with `torch.jit.script`.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from model.config import ModelConfig
+from model.embedding import ItemEmbedding
+from model.routing import MASKED_LOGIT, B2IRouting
+
+MAX_ATTENTION_LOGIT = 50.0  # pow(score, p) is clamped here so large p stays finite
+
+
+class InterestExtractor(nn.Module):
+    """Behaviour embeddings (+ profile) -> K interest vectors of dimension d.
+
+    Routing, then each capsule concatenated with the user-profile embedding and passed through
+    the two fully-connected ReLU layers of the paper (the "H" layers).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d = config.embed_dim
+        self.routing = B2IRouting(d, config.n_interests, config.max_len, config.routing_iters,
+                                  config.routing_softmax == "interests", config.dynamic_k, config.init_seed)
+        self.profile = nn.ModuleList([nn.Embedding(max(int(v), 1), config.profile_dim, padding_idx=0)
+                                      for v in config.profile_vocab_sizes])
+        self.profile_sizes = list(config.profile_vocab_sizes)
+        fused = d + config.profile_dim * len(config.profile_vocab_sizes)
+        self.fusion = nn.Sequential(nn.Linear(fused, config.hidden_dim), nn.ReLU(),
+                                    nn.Linear(config.hidden_dim, d), nn.ReLU())
+
+    def forward(self, behaviours: torch.Tensor, mask: torch.Tensor, profile: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """behaviours (B, L, d), mask (B, L) bool, profile (B, P) int64 -> (B, K, d), (B, K), (B, K, L)."""
+        capsules, active, weights = self.routing(behaviours, mask)
+        parts = [capsules]
+        k = capsules.size(1)
+        i = 0
+        for table in self.profile:                                    # one embedding per feature
+            values = profile[:, i]
+            values = torch.where((values >= 0) & (values < self.profile_sizes[i]), values,
+                                 torch.zeros_like(values))            # out of range = unknown
+            parts.append(table(values).unsqueeze(1).expand(-1, k, -1))  # (B, K, profile_dim)
+            i += 1
+        interests = self.fusion(torch.cat(parts, dim=2))              # (B, K, d)
+        return interests * active.unsqueeze(2).to(interests.dtype), active, weights
+
+
+def label_aware_attention(interests: torch.Tensor, active: torch.Tensor, label: torch.Tensor,
+                          pow_p: float) -> torch.Tensor:
+    """v_u = V_u softmax(pow(V_u^T e_label, p)) over ACTIVE interests only.
+
+    interests (B, K, d), active (B, K) bool, label (B, d) -> (B, d). p = 0 is mean pooling of
+    the active interests; large p approaches picking the closest one. pow is applied
+    sign-preservingly (sign(s)|s|^p) so that it is defined for negative scores.
+    """
+    scores = torch.einsum("bkd,bd->bk", interests, label)             # (B, K)
+    if pow_p == 0:
+        logits = torch.zeros_like(scores)
+    else:
+        logits = (torch.sign(scores) * scores.abs().pow(pow_p)).clamp(-MAX_ATTENTION_LOGIT, MAX_ATTENTION_LOGIT)
+    weights = torch.softmax(logits.masked_fill(~active, MASKED_LOGIT), dim=1)
+    return torch.einsum("bk,bkd->bd", weights, interests)
+
+
+class UserTower(nn.Module):
+    """Serving tower: history (B, L) int64 item indices + profile (B, P) int64 ->
+    capsules (B, K, d) float32 (inactive = 0), active (B, K) bool, routing weights (B, K, L)."""
+
+    def __init__(self, item_table: torch.Tensor, extractor: InterestExtractor, max_len: int):
+        super().__init__()
+        self.register_buffer("item_table", item_table.detach().clone())  # (N + 1, d), row 0 = 0
+        self.extractor = extractor
+        self.max_len = max_len
+
+    def forward(self, history: torch.Tensor, profile: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if history.size(1) > self.max_len:                            # keep the most recent
+            history = history[:, history.size(1) - self.max_len:]
+        n_rows = self.item_table.size(0)
+        history = torch.where((history > 0) & (history < n_rows), history, torch.zeros_like(history))
+        behaviours = nn.functional.embedding(history, self.item_table)  # (B, L, d)
+        return self.extractor(behaviours, history > 0, profile)
+
+
+class MIND(nn.Module):
+    """The trainable model. forward -> (user vectors (B, d) after label-aware attention,
+    item table (N + 1, d)); the loss (model.loss) scores them against the table."""
+
+    def __init__(self, config: ModelConfig, item_side_tokens: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        self.config = config
+        self.items = ItemEmbedding(config.n_items, config.embed_dim, item_side_tokens,
+                                   config.item_side_vocab_sizes)
+        self.extractor = InterestExtractor(config)
+
+    def item_vectors(self) -> torch.Tensor:
+        """(n_items + 1, d) float32: exactly the vectors the tower is trained against."""
+        return self.items.table()
+
+    def interests(self, history: torch.Tensor, profile: torch.Tensor, table: torch.Tensor | None = None
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """history (B, L), profile (B, P) -> interests (B, K, d), active (B, K), weights (B, K, L)."""
+        table = self.item_vectors() if table is None else table
+        behaviours = table[history]                                   # (B, L, d)
+        return self.extractor(behaviours, history > 0, profile)
+
+    def forward(self, history: torch.Tensor, profile: torch.Tensor, target: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        table = self.item_vectors()                                   # (N + 1, d)
+        interests, active, _ = self.interests(history, profile, table)
+        user = label_aware_attention(interests, active, table[target], self.config.pow_p)
+        return user, table
+
+    def user_tower(self) -> UserTower:
+        """The serving tower: a copy of the trained extractor with the item table frozen in."""
+        with torch.no_grad():
+            table = self.item_vectors().detach().clone()
+        tower = UserTower(table, copy.deepcopy(self.extractor), self.config.max_len).eval()
+        for parameter in tower.parameters():
+            parameter.requires_grad_(False)
+        return tower
