@@ -41,23 +41,39 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BASE_ENV = {"MIND_ADMIN_TOKEN": TOKEN, "MIND_LOG_REQUESTS": "false", "MIND_WARMUP_BATCHES": "1"}
 
 
-def export_version(root: Path, seed: int, n_items: int, dim: int = 32, n_interests: int = 4, max_len: int = 20) -> Path:
-    """A new bundle version (random tower, seeded) in ``root`` (or at ``root`` if absent)."""
+def _tower(seed: int, n_items: int, dim: int, n_interests: int, max_len: int, real: bool):
+    """A random MIND user tower and its item vectors, or the test suite's contract stand-in."""
     torch.manual_seed(seed)
-    try:
+    if real:
+        from model.config import ModelConfig
         from model.tower import MIND
-        mind = MIND(n_items=n_items, dim=dim, n_interests=n_interests, max_len=max_len).eval()
+        mind = MIND(ModelConfig(n_items=n_items, embed_dim=dim, n_interests=n_interests, max_len=max_len,
+                                init_seed=seed)).eval()
         with torch.no_grad():
-            tower, vectors = mind.user_tower(), mind.item_vectors().numpy()[1:]
-    except ImportError:  # before model.tower exists: the test suite's contract stand-in
-        from tests.service_support import ContractTower
-        tower = ContractTower(n_items, dim, n_interests, 1)
-        vectors = tower.items.weight.detach().numpy()[1:]
+            return mind.user_tower(), mind.item_vectors().numpy()[1:]
+    from tests.service_support import ContractTower
+    tower = ContractTower(n_items, dim, n_interests, 1)
+    return tower, tower.items.weight.detach().numpy()[1:]
+
+
+def export_version(root: Path, seed: int, n_items: int, dim: int = 32, n_interests: int = 4, max_len: int = 20) -> Path:
+    """A new bundle version (random tower, seeded) in ``root`` (or at ``root`` if absent); the
+    real MIND tower when it can be exported, else the contract stand-in (said once)."""
     rng = np.random.default_rng(seed)
-    return write_bundle(root, tower=tower, item_vectors=vectors, item_ids=[f"i{r}" for r in range(n_items)],
-                        profile_vocab={}, popular_rows=rng.permutation(n_items).tolist(),
-                        hyperparameters={"max_len": max_len, "dim": dim, "n_interests": n_interests},
-                        metrics={}, index_type="flat")
+    for real in (True, False):
+        try:
+            tower, vectors = _tower(seed, n_items, dim, n_interests, max_len, real)
+            return write_bundle(root, tower=tower, item_vectors=vectors, item_ids=[f"i{r}" for r in range(n_items)],
+                                profile_vocab={}, popular_rows=rng.permutation(n_items).tolist(),
+                                hyperparameters={"max_len": max_len, "dim": dim, "n_interests": n_interests},
+                                metrics={}, index_type="flat")
+        except (ImportError, TypeError, RuntimeError) as err:
+            if not real:
+                raise
+            if seed == 0:
+                print(f"(real MIND tower not exportable here: {str(err).strip().splitlines()[0][:100]}; "
+                      f"using the contract stand-in tower)")
+    raise AssertionError("unreachable")
 
 
 def requests_for(n_items: int, n: int = 512, length: int = 20, top_n: int = 50) -> list[bytes]:

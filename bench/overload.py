@@ -147,6 +147,7 @@ def parse_args(argv):
     parser.add_argument("--max-connections", type=int, default=512)
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help=f"server environment (defaults: {' '.join(DEFAULT_ENV)})")
+    parser.add_argument("--bundle", type=Path, default=None, help="serve this bundle instead of building one")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     return parser.parse_args(argv)
 
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()} (shared with other jobs; the client runs on the same cores)")
     env = dict(e.split("=", 1) for e in (*DEFAULT_ENV, *args.env))
     print(f"server env: {env}")
-    bundle_path = bench_bundle(args.cache, args.items, args.dim, args.interests, args.history)
+    bundle_path = args.bundle or bench_bundle(args.cache, args.items, args.dim, args.interests, args.history)
+    print(f"bundle: {bundle_path}")
     ids = json.loads((bundle_path / "item_ids.json").read_text())
     rows = np.random.default_rng(7).integers(0, len(ids), size=(2048, args.history))
     requests = [request_bytes([ids[r] for r in row], args.top_n) for row in rows.tolist()]

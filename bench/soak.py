@@ -97,6 +97,7 @@ def parse_args(argv):
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--round-seconds", type=float, default=120.0, help="time limit of one round")
+    parser.add_argument("--bundle", type=Path, default=None, help="serve this bundle instead of building one")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     return parser.parse_args(argv)
 
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"command: python -m bench.soak {shlex.join(argv if argv is not None else sys.argv[1:])}")
     print(f"machine: {machine()} (shared with other jobs; the client runs on the same cores)")
-    bundle_path = bench_bundle(args.cache, args.items, args.dim, args.interests, args.history)
+    bundle_path = args.bundle or bench_bundle(args.cache, args.items, args.dim, args.interests, args.history)
+    print(f"bundle: {bundle_path}")
     ids = json.loads((bundle_path / "item_ids.json").read_text())
     requests = request_mix(ids, args.history, args.top_n)
     port = free_port()
