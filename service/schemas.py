@@ -15,7 +15,8 @@ class RecallRequest(BaseModel):
     # strict: JSON true is not the integer 1, "5" is not a top_n (as the schema says)
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: str | None = Field(None, description="caller's user id, only logged")
+    user_id: str | None = Field(None, max_length=256, description="caller's user id, only logged (at most 256 characters: "
+                                                                  "it goes into every request's log line)")
     history: list[ItemId] = Field(default_factory=list, description="item ids, oldest first, most recent last")
     profile: dict[str, ItemId] | None = Field(None, description="user profile {feature: value}")
     top_n: int | None = Field(None, ge=1, description="items to return (default and maximum: settings)")

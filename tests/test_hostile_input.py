@@ -82,6 +82,7 @@ HOSTILE = {   # name -> (request, expected status, words the message must contai
     "history as a string": (raw('{"history": "1001,1002"}'), 422, "history"),
     "history of objects": (raw('{"history": [{"id": 1}]}'), 422, "history"),
     "float item id": (raw('{"history": [1001.5]}'), 422, "history"),
+    "oversized user_id (logged)": (raw(json.dumps({"user_id": "u" * 10_000})), 422, "user_id"),
     "unknown field": (raw('{"histroy": ["1001"]}'), 422, "histroy"),
     "unknown profile feature": (raw('{"profile": {"\\u0000evil": "x"}}'), 422, "profile"),
     "profile as a list": (raw('{"profile": ["F"]}'), 422, "profile"),
