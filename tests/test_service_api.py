@@ -306,3 +306,26 @@ def test_reload_swaps_versions_and_refuses_a_corrupted_bundle(tmp_path):
     assert still == v1 and failures == 1
     assert swapped.status_code == 200 and swapped.json()["previous_model_version"] == v1
     assert v2 == swapped.json()["model_version"] == load_bundle(second).model_version != v1
+
+
+def test_round_robin_policy_alternates_interests(root, bundle):
+    history = history_of(range(200, 212))
+    (response,) = call(settings_for(root, merge_policy="round_robin"),
+                       ("POST", "/recall", {"json": {"history": history, "top_n": 12}}))
+    got = response.json()
+    interests = [i["interest"] for i in got["items"]]
+    used = got["interests"]
+    assert used >= 2 and interests[:used] == list(range(used))          # one per interest per round
+    assert len({i["item_id"] for i in got["items"]}) == 12 and not {i["item_id"] for i in got["items"]} & set(history)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_a_gpu_is_not_ready_with_the_reason(root):
+    async def run():
+        app = create_app(Settings(bundle=root, device="cuda", warmup_batches=1))
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                return await c.get("/healthz"), await c.get("/readyz")
+    alive, ready = asyncio.run(run())
+    assert alive.status_code == 200
+    assert ready.status_code == 503 and "user_tower.pt" in ready.json()["error"]
