@@ -51,9 +51,25 @@ def _tower(seed: int, n_items: int, dim: int, n_interests: int, max_len: int, re
                                 init_seed=seed)).eval()
         with torch.no_grad():
             return mind.user_tower(), mind.item_vectors().numpy()[1:]
-    from tests.service_support import ContractTower
-    tower = ContractTower(n_items, dim, n_interests, 1)
+    tower = StandInTower(n_items, dim, n_interests)
     return tower, tower.items.weight.detach().numpy()[1:]
+
+
+class StandInTower(torch.nn.Module):
+    """The tower contract with the least compute: K projections of the mean history embedding."""
+
+    def __init__(self, n_items: int, dim: int, n_interests: int):
+        super().__init__()
+        self.items = torch.nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.projections = torch.nn.Parameter(torch.randn(n_interests, dim, dim) / dim ** 0.5)
+
+    def forward(self, history: torch.Tensor, profile: torch.Tensor):
+        mask = (history > 0).float()                                            # (B, L)
+        pooled = (self.items(history) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        capsules = torch.einsum("bd,kde->bke", pooled, self.projections)        # (B, K, d)
+        active = torch.ones(capsules.shape[:2], dtype=torch.bool)               # (B, K)
+        weights = mask[:, None, :].expand(-1, capsules.shape[1], -1) / mask.sum(1).clamp(min=1)[:, None, None]
+        return capsules, active, weights
 
 
 def export_version(root: Path, seed: int, n_items: int, dim: int = 32, n_interests: int = 4, max_len: int = 20) -> Path:
