@@ -10,14 +10,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# Literals inside the scripted functions below (TorchScript cannot close over float globals):
 MASKED_LOGIT = -1e9  # stands for -inf without producing NaN when a whole row is masked
-SQUASH_EPS = 1e-9
+SQUASH_EPS = 1e-9    # keeps z / |z| finite for a zero capsule
 
 
 def squash(z: torch.Tensor) -> torch.Tensor:
     """squash(z) = |z|^2 / (1 + |z|^2) * z / |z| over the LAST (embedding) axis; norms < 1."""
     sq_norm = (z * z).sum(-1, keepdim=True)
-    return z * (sq_norm / (1.0 + sq_norm)) / torch.sqrt(sq_norm + SQUASH_EPS)
+    return z * (sq_norm / (1.0 + sq_norm)) / torch.sqrt(sq_norm + 1e-9)  # SQUASH_EPS
 
 
 def interest_count(n_real: torch.Tensor, max_interests: int, dynamic: bool) -> torch.Tensor:
@@ -35,7 +36,7 @@ def routing_weights(logits: torch.Tensor, mask: torch.Tensor, active: torch.Tens
     Padding positions and inactive interests always get exactly zero weight.
     """
     keep = mask.unsqueeze(2) & active.unsqueeze(1)                    # (B, L, K)
-    masked = logits.masked_fill(~keep, MASKED_LOGIT)
+    masked = logits.masked_fill(~keep, -1e9)  # MASKED_LOGIT
     weights = torch.softmax(masked, dim=2 if over_interests else 1)
     return weights * keep.to(weights.dtype)
 
