@@ -79,7 +79,7 @@ def random_histories(bundle: Bundle, n: int, length: int, seed: int = 1) -> list
 
 def measure(bundle: Bundle, batch_size: int, histories: list[list[str]], top_n: int, seconds: float) -> dict:
     """Run batches of ``batch_size`` for ``seconds``; requests/s and per-batch latency (ms)."""
-    options = RetrievalOptions()
+    options = RetrievalOptions.from_settings(Settings())
     queries = [RecallQuery(history=tuple(h), top_n=top_n) for h in histories]
     latencies, served, start = [], 0, time.perf_counter()
     while time.perf_counter() - start < seconds:

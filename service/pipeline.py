@@ -16,6 +16,7 @@ import torch
 
 from model.bundle import Bundle
 from service import retrieval
+from service.settings import Settings
 
 PADDING = 0  # tower item index of an empty history slot
 
@@ -45,6 +46,11 @@ class RetrievalOptions:
     merge_policy: str = "score"        # "score" | "round_robin"
     overfetch: int = 8                 # extra candidates per capsule
     explain_items: int = 3             # history items per interest in explanations
+    tower_chunk: int = 8               # rows per tower call (fixed shape: determinism)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RetrievalOptions":
+        return cls(settings.merge_policy, settings.overfetch, settings.explain_items, settings.tower_chunk)
 
 
 @dataclass
@@ -87,14 +93,27 @@ def encode_queries(bundle: Bundle, queries: list[RecallQuery]) -> EncodedBatch:
     return EncodedBatch(history, profile, unknown, excluded)
 
 
-def run_tower(bundle: Bundle, history: np.ndarray, profile: np.ndarray):
+def run_tower(bundle: Bundle, history: np.ndarray, profile: np.ndarray, chunk: int):
     """history (B, L) int64, profile (B, P) int64 -> capsules (B, K, d) float32,
-    active (B, K) bool, weights (B, K, L) float32, as numpy on the CPU."""
+    active (B, K) bool, weights (B, K, L) float32, as numpy on the CPU.
+
+    The tower runs on fixed-shape chunks of ``chunk`` rows (the last one padded with copies
+    of row 0): GEMM kernels choose their blocking by shape, so a user's capsules would
+    otherwise change in the last bits with the number of batch-mates.
+    """
+    n_rows = len(history)
+    pad = -n_rows % chunk
+    if pad:
+        history = np.concatenate([history, np.repeat(history[:1], pad, axis=0)])
+        profile = np.concatenate([profile, np.repeat(profile[:1], pad, axis=0)])
+    parts = []
     with torch.inference_mode():
-        capsules, active, weights = bundle.tower(
-            torch.from_numpy(history).to(bundle.device), torch.from_numpy(profile).to(bundle.device))
-    return (capsules.float().cpu().numpy(), active.cpu().numpy().astype(bool),
-            weights.float().cpu().numpy())
+        for start in range(0, len(history), chunk):
+            outputs = bundle.tower(torch.from_numpy(history[start:start + chunk]).to(bundle.device),
+                                   torch.from_numpy(profile[start:start + chunk]).to(bundle.device))
+            parts.append([o.cpu() for o in outputs])
+    capsules, active, weights = (torch.cat(column)[:n_rows] for column in zip(*parts))
+    return capsules.float().numpy(), active.numpy().astype(bool), weights.float().numpy()
 
 
 def cap_interests(active: np.ndarray, max_interests: np.ndarray) -> np.ndarray:
@@ -166,7 +185,7 @@ def recall_batch(bundle: Bundle, queries: list[RecallQuery],
     warm = np.flatnonzero((batch.history != PADDING).any(axis=1))               # requests with history
     answers: list[dict | None] = [None] * len(queries)
     if len(warm):
-        capsules, active, weights = run_tower(bundle, batch.history[warm], batch.profile[warm])
+        capsules, active, weights = run_tower(bundle, batch.history[warm], batch.profile[warm], options.tower_chunk)
         limits = np.array([queries[b].max_interests or bundle.n_interests for b in warm], dtype=np.int64)
         active = cap_interests(active, limits)
         tower_done = time.perf_counter()

@@ -85,7 +85,7 @@ class ServiceState:
     def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.options = RetrievalOptions(settings.merge_policy, settings.overfetch, settings.explain_items)
+        self.options = RetrievalOptions.from_settings(settings)
         self.device = resolve_device(settings.device)
         self.root = bundle_root_of(settings)
         self.served: Served | None = None
