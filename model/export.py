@@ -28,6 +28,10 @@ class RunError(ValueError):
     """The run directory is missing or incomplete; the message names the file."""
 
 
+class TowerScriptError(RuntimeError):
+    """The run's user tower does not compile with TorchScript."""
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, type=Path, help="run directory written by `mind train`")
     parser.add_argument("--out", required=True, type=Path,
@@ -100,26 +104,39 @@ def read_run(run_dir: Path) -> dict:
 
 def load_model(run_dir: Path):
     """The trained MIND of the run, in eval mode on CPU."""
-    from model.run import load_run  # imported late: `mind export --help` stays fast
+    from model import run as run_files  # imported late: `mind export --help` stays fast
 
     try:
-        model, _ = load_run(run_dir)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise RunError(f"{run_dir}: cannot rebuild the model: {err}") from err
+        model, _ = run_files.load_run(run_dir)
+    except (run_files.RunError, OSError, ValueError, KeyError, RuntimeError) as err:
+        raise RunError(f"cannot rebuild the model of {run_dir}: {err}") from err
     return model.cpu().eval()
+
+
+def check_profile_vocab(run_dir: Path, profile_vocab: dict, model) -> None:
+    """The vocabularies match the model's profile inputs, column by column."""
+    sizes = tuple(len(values) for values in profile_vocab.values())
+    expected = tuple(getattr(getattr(model, "config", None), "profile_vocab_sizes", sizes))
+    if sizes != expected:
+        raise RunError(f"{run_dir / 'vocab.json'}: user_profile vocabulary sizes {sizes} "
+                       f"!= the model's {expected} ({run_dir / 'config.json'})")
 
 
 def export_run(run_dir: Path, out_dir: Path, index_type: str | None = None, force: bool = False) -> Path:
     """Export ``run_dir`` into a bundle at (or, for a bundle root, inside) ``out_dir``."""
     run = read_run(run_dir)
     model = load_model(run_dir)
-    tower = torch.jit.script(model.user_tower()).eval()
+    try:
+        tower = torch.jit.script(model.user_tower()).eval()
+    except RuntimeError as err:   # a model bug, not bad input: exit 1 with the compiler's message
+        raise TowerScriptError(f"the user tower of {run_dir} cannot be scripted: {err}") from err
     with torch.no_grad():
         item_vectors = model.item_vectors().detach().cpu().numpy()[1:]       # (n_items, d)
     item_ids = run["vocab"]["items"][1:]
     if len(item_ids) != len(item_vectors):
         raise RunError(f"{run_dir / 'vocab.json'}: {len(item_ids)} items but the model has {len(item_vectors)}")
     profile_vocab = run["vocab"].get("user_profile", {})
+    check_profile_vocab(run_dir, profile_vocab, model)
     index_type = index_type or choose_kind(len(item_ids))
     ranked = run["popular_rows"] if len(run["popular_rows"]) else np.arange(len(item_ids))
     queries = None if index_type == "flat" else tower_queries(tower, ranked, run["max_len"], len(profile_vocab))
@@ -138,8 +155,8 @@ def main(args: argparse.Namespace) -> int:
     except (RunError, FileExistsError, ValueError) as err:
         print(f"mind export: {err}", file=sys.stderr)
         return 2
-    except IndexTuningError as err:
-        print(f"mind export: index tuning failed: {err}", file=sys.stderr)
+    except (IndexTuningError, TowerScriptError) as err:
+        print(f"mind export: {err}", file=sys.stderr)
         return 1
     try:
         bundle = load_bundle(path)
