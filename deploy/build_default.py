@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_ML100K = REPO_ROOT.parent / "shared" / "data" / "ml-100k" / "ml-100k.inter"
 SYNTHETIC = "synthetic"
 # A short budget: the default model must be ready within a few minutes on 2 CPU cores.
-DEFAULT_TRAIN_ARGS = "--epochs 8 --device auto"
+DEFAULT_TRAIN_ARGS = "--epochs 6 --samples-per-user 10 --no-baselines --device auto"
 EXAMPLE_HISTORY_LEN = 3  # items in the printed curl example's history
 RUN_DONE_MARKER = "metrics.json"  # written by `mind train` once the run is complete
 

@@ -20,7 +20,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = REPO_ROOT / "deploy" / "entrypoint.sh"
 # Smallest budget that still exercises every step; MIND_TRAIN_ARGS replaces the default one.
-TINY_TRAIN_ARGS = "--epochs 1 --device cpu"
+TINY_TRAIN_ARGS = "--epochs 1 --samples-per-user 1 --no-baselines --device cpu --embed-dim 16 --hidden-dim 32"
 READY_TIMEOUT_S = 80.0
 STOP_TIMEOUT_S = 20.0
 TOP_N = 5
