@@ -24,6 +24,7 @@ class ModelConfig:
     dynamic_k: bool = True            # K'_u = max(1, min(K, floor(log2 |I_u|)))
     pow_p: float = 2.0                # label-aware attention sharpness (0 = mean pooling)
     hidden_dim: int = 256             # width of the first of the two H (fusion) layers
+    output_relu: bool = True          # ReLU after the second H layer too (the paper's H layers)
     profile_dim: int = 16             # embedding width of each user-profile feature
     profile_vocab_sizes: tuple[int, ...] = ()           # per profile feature, incl. 0 = unknown
     item_side_vocab_sizes: dict[str, int] = field(default_factory=dict)  # per item side feature

@@ -34,8 +34,8 @@ class InterestExtractor(nn.Module):
                                       for v in config.profile_vocab_sizes])
         self.profile_sizes = list(config.profile_vocab_sizes)
         fused = d + config.profile_dim * len(config.profile_vocab_sizes)
-        self.fusion = nn.Sequential(nn.Linear(fused, config.hidden_dim), nn.ReLU(),
-                                    nn.Linear(config.hidden_dim, d), nn.ReLU())
+        layers = [nn.Linear(fused, config.hidden_dim), nn.ReLU(), nn.Linear(config.hidden_dim, d)]
+        self.fusion = nn.Sequential(*(layers + [nn.ReLU()] if config.output_relu else layers))
 
     def forward(self, behaviours: torch.Tensor, mask: torch.Tensor, profile: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
