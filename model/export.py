@@ -116,7 +116,7 @@ def load_model(run_dir: Path):
 def check_profile_vocab(run_dir: Path, profile_vocab: dict, model) -> None:
     """The vocabularies match the model's profile inputs, column by column."""
     sizes = tuple(len(values) for values in profile_vocab.values())
-    expected = tuple(getattr(getattr(model, "config", None), "profile_vocab_sizes", sizes))
+    expected = tuple(model.config.profile_vocab_sizes)
     if sizes != expected:
         raise RunError(f"{run_dir / 'vocab.json'}: user_profile vocabulary sizes {sizes} "
                        f"!= the model's {expected} ({run_dir / 'config.json'})")

@@ -189,3 +189,12 @@ def test_checkpoint_that_does_not_match_the_config_exits_2(tmp_path, capsys):
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
     code, err = export(["--run", tmp_path / "run", "--out", tmp_path / "b"], capsys)
     assert code == 2 and "checkpoint.pt" in err and not (tmp_path / "b").exists()
+
+
+def test_profile_vocabulary_that_does_not_match_the_model_exits_2(tmp_path, capsys):
+    write_tiny_run(tmp_path / "run")
+    vocab = json.loads((tmp_path / "run" / "vocab.json").read_text())
+    vocab["user_profile"]["age"].append("ancient")
+    (tmp_path / "run" / "vocab.json").write_text(json.dumps(vocab))
+    code, err = export(["--run", tmp_path / "run", "--out", tmp_path / "b"], capsys)
+    assert code == 2 and f"{tmp_path / 'run' / 'vocab.json'}: user_profile vocabulary sizes (4,)" in err
