@@ -90,6 +90,9 @@ def probe_tower(tower: torch.jit.ScriptModule, max_len: int, n_profile: int,
     if capsules.dim() != 3 or tuple(active.shape) != tuple(capsules.shape[:2]):
         raise ValueError(f"tower returned capsules {tuple(capsules.shape)} and active "
                          f"{tuple(active.shape)}; expected (B, K, d) and (B, K)")
+    if capsules.dtype != torch.float32 or active.dtype != torch.bool:
+        raise ValueError(f"tower returned {capsules.dtype} capsules and {active.dtype} active; "
+                         f"expected float32 and bool (the index holds float32)")
     return int(capsules.shape[1]), int(capsules.shape[2])
 
 

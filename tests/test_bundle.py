@@ -176,6 +176,8 @@ def test_writer_refuses_inconsistent_inputs(tmp_path):
         make_bundle(tmp_path / "b", item_vectors=np.zeros((N_ITEMS, DIM * 2), np.float32))
     with pytest.raises(ValueError, match="unique item_ids"):
         make_bundle(tmp_path / "b", item_ids=["same"] * N_ITEMS)
+    with pytest.raises(ValueError, match="expected float32 and bool"):
+        make_bundle(tmp_path / "b", tower=ContractTower(N_ITEMS, DIM, K, 4).double())
     assert not (tmp_path / "b").exists()
 
 
