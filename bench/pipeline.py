@@ -41,21 +41,14 @@ def machine() -> str:
 
 
 def _random_tower(n_items: int, dim: int, n_interests: int, max_len: int):
-    """A randomly initialised, scripted MIND user tower and its item vectors (n_items, d)."""
+    """A randomly initialised MIND user tower and its item vectors (n_items, d)."""
     from model.config import ModelConfig
     from model.tower import MIND
     torch.manual_seed(0)
     mind = MIND(ModelConfig(n_items=n_items, embed_dim=dim, n_interests=n_interests, max_len=max_len)).eval()
     with torch.no_grad():
         vectors = mind.item_vectors().numpy()[1:]
-    try:
-        return torch.jit.script(mind.user_tower()), vectors
-    except RuntimeError as err:  # a model/ bug; measure the service with the tests' stand-in meanwhile
-        from tests.service_support import ContractTower
-        print(f"NOTE: MIND user tower not scriptable ({str(err).strip().splitlines()[0]}); "
-              "using the test suite's contract stand-in tower")
-        tower = ContractTower(n_items, dim, n_interests, 1)
-        return tower, tower.items.weight.detach().numpy()[1:]
+    return mind.user_tower(), vectors
 
 
 def bench_bundle(cache: Path, n_items: int, dim: int, n_interests: int, max_len: int) -> Path:

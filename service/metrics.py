@@ -36,6 +36,8 @@ class ServiceMetrics:
                                    registry=registry)
         self.rejected = Counter("mind_recall_rejected_requests", "requests refused with 503, by reason",
                                 ["reason"], registry=registry)
+        self.in_progress = Gauge("mind_recall_requests_in_progress", "HTTP requests received and not yet answered",
+                                 registry=registry)
         self.queue_depth = Gauge("mind_recall_queue_depth_requests", "requests waiting for the batcher",
                                  registry=registry)
         self.model = Info("mind_recall_model", "the bundle being served", registry=registry)

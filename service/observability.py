@@ -84,6 +84,7 @@ class RequestContextMiddleware:
                 message["headers"] = list(message.get("headers", [])) + [(REQUEST_ID_HEADER, request_id)]
             await send(message)
 
+        self.metrics.in_progress.inc()
         try:
             replay = await self._buffered_body(scope, receive)
             if replay is None:
@@ -94,6 +95,7 @@ class RequestContextMiddleware:
                 return
             await self.app(scope, replay, send_with_id)
         finally:
+            self.metrics.in_progress.dec()
             self._record(scope, status[0], time.perf_counter() - started, request_id)
 
     async def _buffered_body(self, scope, receive):

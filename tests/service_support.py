@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import httpx
@@ -26,30 +25,6 @@ def item_id(row: int) -> str:
     return str(1000 + row)
 
 
-class ContractTower(torch.nn.Module):
-    """Stand-in honouring the tower contract, used only while the MIND tower cannot be
-    scripted: per-interest attention-pooled history plus a profile embedding."""
-
-    def __init__(self, n_items: int, dim: int, n_interests: int, n_profile: int):
-        super().__init__()
-        self.items = torch.nn.Embedding(n_items + 1, dim, padding_idx=0)
-        self.profile = torch.nn.Embedding(n_profile, dim)
-        self.routes = torch.nn.Parameter(torch.randn(n_interests, dim))
-        self.n_interests = n_interests
-
-    def forward(self, history: torch.Tensor, profile: torch.Tensor):
-        mask = history > 0                                                        # (B, L)
-        emb = self.items(history)                                                 # (B, L, d)
-        logits = torch.einsum("kd,bld->bkl", self.routes, emb)
-        logits = logits.masked_fill(~mask[:, None, :], -1e9)
-        weights = torch.softmax(logits, dim=-1) * mask[:, None, :].float()       # (B, K, L)
-        capsules = torch.einsum("bkl,bld->bkd", weights, emb) + self.profile(profile).sum(1)[:, None, :]
-        n_real = mask.sum(1).float()
-        k_u = torch.floor(torch.log2(n_real.clamp(min=1))).clamp(1, self.n_interests)
-        active = torch.arange(self.n_interests)[None, :] < k_u[:, None]           # (B, K)
-        return capsules * active[..., None].float(), active, weights
-
-
 def small_tower(seed: int, n_items: int = N_ITEMS, dim: int = DIM):
     """A randomly initialised real MIND user tower (scripted by write_bundle) and its item
     vectors (n_items, d)."""
@@ -61,13 +36,7 @@ def small_tower(seed: int, n_items: int = N_ITEMS, dim: int = DIM):
     mind = MIND(config).eval()
     with torch.no_grad():
         vectors = mind.item_vectors().numpy()[1:]
-    try:
-        return torch.jit.script(mind.user_tower()), vectors
-    except RuntimeError as err:   # a model/ bug, not the service's: say so and test the service anyway
-        warnings.warn(f"MIND user tower is not scriptable, service tests use a contract stand-in: {err}")
-        torch.manual_seed(seed)
-        tower = ContractTower(n_items, dim, K, sum(len(v) for v in PROFILE_VOCAB.values()))
-        return tower, tower.items.weight.detach().numpy()[1:]
+    return mind.user_tower(), vectors
 
 
 def build_bundle(out_dir: Path, seed: int = 0, n_items: int = N_ITEMS) -> Path:
