@@ -109,7 +109,7 @@ def _max_len(config: dict, where: Path) -> int:
 def run_retriever(run_dir: Path, dataset_item_ids: Sequence[str], device: str) -> tuple[MindRetriever, int]:
     """(MIND of a run directory as a capsule source over exact FAISS search, its max_len)."""
     import torch
-    from model.run import load_run
+    from model.run import RunError, load_run
 
     config = read_json_file(run_dir / "config.json")
     vocab = read_json_file(run_dir / "vocab.json")
@@ -117,7 +117,7 @@ def run_retriever(run_dir: Path, dataset_item_ids: Sequence[str], device: str) -
         raise EvaluationError(f"{run_dir / 'checkpoint.pt'}: file not found (is {run_dir} a finished run?)")
     try:
         model, _ = load_run(run_dir)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except (RunError, OSError, ValueError, KeyError, RuntimeError) as err:
         raise EvaluationError(f"{run_dir}: cannot rebuild the model: {err}") from err
     model = model.to(device).eval()
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """`mind evaluate`: the protocol core on synthetic users, the report, and the CLI end to end."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -179,3 +180,88 @@ def test_bundle_evaluation_matches_the_direct_protocol(tmp_path, capsys):
         for method, metrics in per_method.items():
             assert result["metrics"][setting][method] == pytest.approx(metrics), (setting, method)
     assert (tmp_path / "eval" / "report.md").is_file()
+
+
+# --- end to end with the real MIND network and run directory (model.tower / model.run) -----
+
+def write_untrained_run(run_dir, ds, data_cfg, n_interests: int, seed: int = 0):
+    """A seeded, untrained MIND written with model.run's own writer, on the real dataset."""
+    from model.config import ModelConfig, TrainConfig
+    from model.run import write_run_files
+    from model.tower import MIND
+
+    torch.manual_seed(seed)
+    config = ModelConfig(n_items=ds.n_items, embed_dim=8, n_interests=n_interests, max_len=10, hidden_dim=16,
+                         profile_dim=4,
+                         profile_vocab_sizes=tuple(len(ds.user_profile_vocabs[f]) for f in ds.profile_features),
+                         item_side_vocab_sizes={f: len(v) for f, v in ds.item_side_vocabs.items()})
+    model = MIND(config, {f: torch.as_tensor(t) for f, t in ds.item_side.items()}).eval()
+    run_dir.mkdir(parents=True)
+    write_run_files(run_dir, model, TrainConfig(epochs=1), data_cfg, ds.vocab_json(), ds.split_json(),
+                    list(range(1, ds.n_items + 1)), {"test": {}}, model.state_dict())
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(run dir, dataset, MIND) on a small planted dataset, with a K=1 baseline run inside."""
+    from model.data.runfiles import data_config, rebuild_dataset
+    from model.data.synthetic import SyntheticSpec, generate, write_recbole
+
+    tmp = tmp_path_factory.mktemp("evalrun")
+    spec = SyntheticSpec(n_users=200, n_items=120, n_clusters=6, min_events=8, max_events=25)
+    cfg = data_config(write_recbole(generate(spec), tmp / "data", "tiny"), k_core=3, seed=11)
+    ds = rebuild_dataset(cfg)
+    model = write_untrained_run(tmp / "run", ds, cfg, n_interests=3)
+    write_untrained_run(tmp / "run" / "baselines" / "k1", ds, cfg, n_interests=1, seed=1)
+    return tmp / "run", ds, model
+
+
+def test_run_evaluation_end_to_end(tiny_run, capsys):
+    from mind_recall.cli import main
+    from model.fit import held_out_set, retrieval_metrics
+
+    run_dir, ds, model = tiny_run
+    assert main(["evaluate", "--run", str(run_dir)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["missing"] == {}
+    for setting in ("history_included", "history_excluded"):
+        assert set(result["metrics"][setting]) == {"MIND", "MIND K=1", "item-CF", "popularity"}
+    assert result["source"]["n_users"] == len(ds.test_users)
+    assert (run_dir / "eval" / "report.md").is_file()
+    if importlib.util.find_spec("matplotlib"):
+        assert (run_dir / "eval" / "recall_curve.png").is_file()
+    # The trainer's own evaluation of the same model on the same users gives the same numbers.
+    cases = held_out_set(ds, ds.test_users, 10)
+    for setting, exclude in (("history_included", False), ("history_excluded", True)):
+        trainer_view = retrieval_metrics(model, cases, torch.device("cpu"), exclude_history=exclude)
+        assert result["metrics"][setting]["MIND"] == pytest.approx(trainer_view, abs=1e-6)
+
+
+def test_run_without_k1_baseline_says_it_is_missing(tiny_run, tmp_path, capsys):
+    import shutil
+
+    from mind_recall.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run_dir, ignore=shutil.ignore_patterns("baselines", "eval"))
+    assert main(["evaluate", "--run", str(run_dir), "--split", "validation", "--out", str(tmp_path / "out")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "MIND K=1" in result["missing"] and "MIND K=1" not in result["metrics"]["history_included"]
+    assert result["source"]["split"] == "validation"
+    assert "MIND K=1: not evaluated" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_run_whose_log_changed_is_refused(tiny_run, tmp_path, capsys):
+    import shutil
+
+    from mind_recall.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["data"]["seed"] = 12                                   # another split than the run's
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", "--run", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "split.json" in err and "Traceback" not in err
