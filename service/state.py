@@ -131,7 +131,9 @@ class ServiceState:
                     self.not_ready_reason = f"bundle not loaded: {err}"
                 raise BundleError(str(err)) from err
             self.served = Served(bundle)
-            gc.freeze()  # the new bundle's id maps stay for its lifetime: out of the cyclic GC (app.lifespan)
+            # The new bundle lives until the next reload: keep it out of the cyclic GC (see
+            # app.lifespan). The old one is still freed by reference counting (no cycles).
+            gc.freeze()
             self.metrics.reloads.labels(result="success").inc()
             self.metrics.model.info({"model_version": bundle.model_version, "path": str(bundle.path)})
             log.info("bundle serving", extra={"bundle": str(bundle.path), "model_version": bundle.model_version,
