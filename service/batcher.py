@@ -33,6 +33,14 @@ class _Job:
     future: asyncio.Future
 
 
+def _fail(job: _Job, error: Exception) -> None:
+    """Hand ``error`` to the job's caller. Marked as retrieved: a caller that already gave up
+    (its own deadline) must not leave a 'Future exception was never retrieved' log behind."""
+    if not job.future.done():
+        job.future.set_exception(error)
+        job.future.exception()
+
+
 class Batcher:
     """``run_batch(payloads) -> results`` (same length, in order) executed in one thread.
 
@@ -103,8 +111,8 @@ class Batcher:
             now = loop.time()
             live = [job for job in batch if job.deadline > now and not job.future.done()]
             for job in batch:
-                if job not in live and not job.future.done():
-                    job.future.set_exception(DeadlineError("deadline passed while queued"))
+                if job not in live:
+                    _fail(job, DeadlineError("deadline passed while queued"))
             if not live:
                 continue
             waits = [now - job.enqueued for job in live]
@@ -118,11 +126,9 @@ class Batcher:
             finally:
                 self._busy = False
             for job, result in zip(live, results):
-                if job.future.done():
-                    continue
                 if isinstance(result, Exception):
-                    job.future.set_exception(result)
-                else:
+                    _fail(job, result)
+                elif not job.future.done():
                     job.future.set_result(result)
             if self._on_batch is not None:
                 self._on_batch(len(live), waits)

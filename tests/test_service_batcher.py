@@ -1,0 +1,93 @@
+"""The dynamic batcher on its own: gathering, bounds, deadlines, failures, draining."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from service.batcher import Batcher, DeadlineError, QueueFullError
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_share_a_batch_and_keep_their_order():
+    batches, threads = [], set()
+
+    def work(payloads):
+        batches.append(list(payloads))
+        threads.add(threading.current_thread().name)
+        return [p * 10 for p in payloads]
+
+    async def main():
+        batcher = Batcher(work, max_batch_size=4, wait_s=0.05, max_queue=100)
+        batcher.start()
+        first = await batcher.submit(0, 5)             # alone: no company to wait for
+        results = await asyncio.gather(*(batcher.submit(i, 5) for i in range(1, 10)))
+        await batcher.drain_and_stop()
+        return first, results
+    first, results = run(main())
+    assert first == 0 and results == [i * 10 for i in range(1, 10)]
+    assert max(len(b) for b in batches) == 4 and sorted(sum(batches, [])) == list(range(10))
+    assert len(threads) == 1 and threading.current_thread().name not in threads   # one worker, off the loop
+
+
+def test_full_queue_is_refused_at_once():
+    release = threading.Event()
+
+    async def main():
+        batcher = Batcher(lambda p: (release.wait(5), p)[1], max_batch_size=1, wait_s=0, max_queue=2)
+        batcher.start()
+        busy = asyncio.ensure_future(batcher.submit(1, 5))
+        await asyncio.sleep(0.05)                      # the worker holds request 1
+        queued = [asyncio.ensure_future(batcher.submit(i, 5)) for i in (2, 3)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError, match="2 requests already queued"):
+            await batcher.submit(4, 5)
+        release.set()
+        done = await asyncio.gather(busy, *queued)
+        await batcher.drain_and_stop()
+        return done
+    assert run(main()) == [1, 2, 3]
+
+
+def test_deadline_passes_while_queued_and_the_work_is_skipped():
+    seen = []
+
+    def slow(payloads):
+        seen.extend(payloads)
+        time.sleep(0.2)
+        return payloads
+
+    async def main():
+        batcher = Batcher(slow, max_batch_size=1, wait_s=0, max_queue=10)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("a", 5))
+        await asyncio.sleep(0.01)
+        with pytest.raises(DeadlineError):
+            await batcher.submit("late", 0.05)
+        assert await first == "a"
+        await batcher.drain_and_stop()
+    run(main())
+    assert seen == ["a"]                               # the stale request never ran
+
+
+def test_a_failing_batch_reaches_every_caller_and_the_batcher_goes_on():
+    def flaky(payloads):
+        if "boom" in payloads:
+            raise RuntimeError("tower exploded")
+        return payloads
+
+    async def main():
+        batcher = Batcher(flaky, max_batch_size=8, wait_s=0.02, max_queue=10)
+        batcher.start()
+        await batcher.submit("warm", 5)
+        outcomes = await asyncio.gather(batcher.submit("x", 5), batcher.submit("boom", 5), return_exceptions=True)
+        after = await batcher.submit("y", 5)
+        await batcher.drain_and_stop()
+        return outcomes, after
+    outcomes, after = run(main())
+    assert all(isinstance(o, RuntimeError) for o in outcomes) and after == "y"
