@@ -61,20 +61,24 @@ def test_item_cf_blocks_do_not_change_results(monkeypatch):
     np.testing.assert_array_equal(item_cf_topn(train, histories, 30, 10, exclude), whole)
 
 
+@pytest.fixture(scope="module")
+def ml100k_dataset(ml100k_inter):
+    from model.data import build_dataset, load_interactions
+
+    return build_dataset(load_interactions(ml100k_inter), k_core=5, seed=2020)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("max_len", [20, 50])
-def test_ml100k_baselines_land_near_the_spec_reference(ml100k_inter, max_len):
+def test_ml100k_baselines_land_near_the_spec_reference(ml100k_dataset, max_len):
     """Spec reference (history not excluded): popularity R@50 0.146, item-CF R@50 0.251.
 
     Ours on the seed-2020 split: popularity 0.157; item-CF 0.245 (max_len 20), 0.224 (50).
     """
-    from model.baselines import popularity_topn
-    from model.data import build_dataset, load_interactions
     from model.eval_sources import held_out_users
     from model.metrics import evaluate_rankings
 
-    ds = build_dataset(load_interactions(ml100k_inter), k_core=5, seed=2020)
-    held = held_out_users(ds, "test", max_len=max_len)
+    held = held_out_users(ml100k_dataset, "test", max_len=max_len)
     assert (len(held.histories), held.n_items) == (95, 1349)
     counts = item_counts(held.train_sequences, held.n_items)
     pop = evaluate_rankings(popularity_topn(counts, 95, 50), held.target_rows)
