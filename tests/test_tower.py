@@ -1,0 +1,157 @@
+"""The MIND network around the routing layer: item embedding, profile fusion, label-aware
+attention, the scripted serving tower (docs/architecture.md contract) and the losses."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from model.config import ModelConfig, TrainConfig, model_config_from_dict, to_dict, train_config_from_dict
+from model.loss import full_softmax_loss, sampled_softmax_loss, sampling_distribution
+from model.tower import MIND
+
+N_ITEMS, D, K, MAX_LEN = 40, 16, 4, 10
+
+
+def make_model(**overrides) -> MIND:
+    values = dict(n_items=N_ITEMS, embed_dim=D, n_interests=K, max_len=MAX_LEN, hidden_dim=32,
+                  profile_dim=4, profile_vocab_sizes=(3, 5), item_side_vocab_sizes={"genre": 6})
+    config = ModelConfig(**{**values, **overrides})
+    g = torch.Generator().manual_seed(3)
+    genre = torch.randint(0, 6, (N_ITEMS + 1, 2), generator=g)
+    genre[0] = 0
+    torch.manual_seed(0)
+    return MIND(config, {"genre": genre})
+
+
+def histories(lengths: list[int], length: int = MAX_LEN, seed: int = 1) -> torch.Tensor:
+    """(B, length) int64 left-padded item indices."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(len(lengths), length, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        out[b, length - n:] = torch.randint(1, N_ITEMS + 1, (n,), generator=g)
+    return out
+
+
+def profiles(batch: int) -> torch.Tensor:
+    return torch.stack([torch.arange(batch) % 3, torch.arange(batch) % 5], dim=1)
+
+
+def test_config_json_round_trip():
+    config = make_model().config
+    again = model_config_from_dict(json.loads(json.dumps(to_dict(config))))
+    assert again == config
+    train = TrainConfig(epochs=3, lr=0.01)
+    assert train_config_from_dict(json.loads(json.dumps(to_dict(train)))) == train
+    with pytest.raises(ValueError, match="routing_softmax"):
+        dataclasses.replace(config, routing_softmax="capsules")
+
+
+def test_item_vectors_pool_side_features_and_keep_padding_zero():
+    model = make_model()
+    table = model.item_vectors()
+    assert table.shape == (N_ITEMS + 1, D) and table.dtype == torch.float32
+    assert torch.all(table[0] == 0)
+    tokens = model.items.tokens_genre
+    item = int(torch.nonzero((tokens > 0).all(1))[0])                  # an item with two genres
+    genre = model.items.side["genre"](tokens[item]).mean(0)
+    torch.testing.assert_close(table[item], (model.items.ids.weight[item] + genre) / 2)
+    bare = int(torch.nonzero((tokens == 0).all(1))[1])                 # no genre: id embedding alone
+    torch.testing.assert_close(table[bare], model.items.ids.weight[bare])
+
+
+@pytest.mark.parametrize("axis", ["interests", "behaviors"])
+def test_scripted_tower_matches_eager(axis):
+    model = make_model(routing_softmax=axis)
+    tower = model.user_tower()
+    scripted = torch.jit.script(tower)
+    for length in (MAX_LEN, 4, MAX_LEN + 5):                           # shorter and longer than max_len
+        h = histories([min(n, length) for n in (length, 5, 1, 2, 9)], length=length)
+        p = profiles(len(h))
+        for eager, script in zip(tower(h, p), scripted(h, p)):
+            assert eager.dtype == script.dtype
+            torch.testing.assert_close(script, eager, rtol=0, atol=1e-5)
+
+
+def test_tower_contract_shapes_masks_and_no_profile():
+    model = make_model(profile_vocab_sizes=())
+    tower = torch.jit.script(model.user_tower())
+    h = histories([MAX_LEN, 3, 1])
+    capsules, active, weights = tower(h, torch.zeros(3, 0, dtype=torch.long))
+    assert capsules.shape == (3, K, D) and capsules.dtype == torch.float32
+    assert active.dtype == torch.bool and active.sum(1).tolist() == [3, 1, 1]
+    assert weights.shape == (3, K, MAX_LEN)
+    assert torch.all(capsules[~active] == 0)
+    assert torch.all(weights[:, :, :MAX_LEN - 3][1] == 0)              # padding has no weight
+
+
+def test_tower_is_deterministic_across_calls_and_batch_mates():
+    tower = make_model().user_tower()
+    h, p = histories([8, 3, 10, 6]), profiles(4)
+    first = tower(h, p)[0]
+    assert torch.equal(first, tower(h, p)[0])
+    alone = tower(h[2:3], p[2:3])[0]
+    torch.testing.assert_close(alone[0], first[2], rtol=0, atol=1e-6)
+    bigger = tower(torch.cat([h, histories([9] * 6, seed=4)]), torch.cat([p, profiles(6)]))[0]
+    torch.testing.assert_close(bigger[:4], first, rtol=0, atol=1e-6)
+
+
+def test_tower_uses_the_trained_table_and_profile():
+    model = make_model()
+    h, p = histories([6, 6]), profiles(2)
+    eager, _, _ = model.interests(h, p)
+    served, _, _ = model.user_tower()(h, p)
+    torch.testing.assert_close(served, eager)
+    other = served - model.user_tower()(h, (p + 1) % 3)[0]
+    assert other.abs().max() > 0, "the profile must reach the capsules"
+
+
+def test_label_attention_of_a_single_interest_user_is_that_interest():
+    model = make_model().eval()
+    h, p = histories([3]), profiles(1)                                 # floor(log2 3) = 1 interest
+    interests, active, _ = model.interests(h, p)
+    assert active.sum() == 1
+    user, table = model(h, p, torch.tensor([7]))
+    torch.testing.assert_close(user[0], interests[0, 0])
+    assert table.shape == (N_ITEMS + 1, D)
+
+
+def test_gradients_reach_every_trained_part():
+    model = make_model()
+    h, p, t = histories([10, 7, 4]), profiles(3), torch.tensor([1, 2, 3])
+    user, table = model(h, p, t)
+    full_softmax_loss(user, table, t).backward()
+    names = {n for n, q in model.named_parameters() if q.grad is None or q.grad.abs().sum() == 0}
+    for name in ("extractor.routing.S", "items.ids.weight", "items.side.genre.weight",
+                 "extractor.fusion.0.weight", "extractor.profile.0.weight"):
+        assert name not in names, f"{name} got no gradient"
+
+
+def test_full_softmax_is_cross_entropy_over_real_items():
+    user, table = torch.randn(5, D), torch.randn(N_ITEMS + 1, D)
+    target = torch.tensor([1, 5, 9, N_ITEMS, 2])
+    expected = F.cross_entropy(user @ table[1:].t(), target - 1)
+    torch.testing.assert_close(full_softmax_loss(user, table, target), expected)
+
+
+def test_sampled_softmax_with_logq_tracks_the_full_softmax_gradient():
+    """With a popularity-skewed sampler, logQ correction makes the sampled gradient follow the
+    full-softmax one; without it the popular items are over-penalised."""
+    torch.manual_seed(0)
+    table = torch.randn(N_ITEMS + 1, D)
+    counts = torch.cat([torch.zeros(1), torch.logspace(3, 0, N_ITEMS)])  # steep popularity
+    q = sampling_distribution(counts)
+    target = torch.tensor([N_ITEMS - 1, 3, 20])
+
+    def grad(loss_fn) -> torch.Tensor:
+        user = torch.randn(3, D, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        loss_fn(user).backward()
+        return user.grad.flatten()
+
+    full = grad(lambda u: full_softmax_loss(u, table, target))
+    corrected = grad(lambda u: sampled_softmax_loss(u, table, target, q, 20000, torch.Generator().manual_seed(2)))
+    assert F.cosine_similarity(full, corrected, dim=0) > 0.99   # 0.93 without the -log q terms
+    assert torch.all(q[1:] > 0) and q[0] == 0
