@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shlex
 import signal
@@ -28,73 +27,15 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-import torch
 
-from bench.load import REPO_ROOT, drive, free_port, request_bytes, start_server
+from bench.drill_bundles import corrupt_in_place, export_version, requests_for
+from bench.load import REPO_ROOT, drive, free_port, start_server
 from bench.overload import OpenLoop
 from bench.pipeline import DEFAULT_CACHE, machine
-from model.bundle import write_bundle
 
 TOKEN = "drill-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BASE_ENV = {"MIND_ADMIN_TOKEN": TOKEN, "MIND_LOG_REQUESTS": "false", "MIND_WARMUP_BATCHES": "1"}
-
-
-def _tower(seed: int, n_items: int, dim: int, n_interests: int, max_len: int, real: bool):
-    """A random MIND user tower and its item vectors, or the test suite's contract stand-in."""
-    torch.manual_seed(seed)
-    if real:
-        from model.config import ModelConfig
-        from model.tower import MIND
-        mind = MIND(ModelConfig(n_items=n_items, embed_dim=dim, n_interests=n_interests, max_len=max_len,
-                                init_seed=seed)).eval()
-        with torch.no_grad():
-            return mind.user_tower(), mind.item_vectors().numpy()[1:]
-    tower = StandInTower(n_items, dim, n_interests)
-    return tower, tower.items.weight.detach().numpy()[1:]
-
-
-class StandInTower(torch.nn.Module):
-    """The tower contract with the least compute: K projections of the mean history embedding."""
-
-    def __init__(self, n_items: int, dim: int, n_interests: int):
-        super().__init__()
-        self.items = torch.nn.Embedding(n_items + 1, dim, padding_idx=0)
-        self.projections = torch.nn.Parameter(torch.randn(n_interests, dim, dim) / dim ** 0.5)
-
-    def forward(self, history: torch.Tensor, profile: torch.Tensor):
-        mask = (history > 0).float()                                            # (B, L)
-        pooled = (self.items(history) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        capsules = torch.einsum("bd,kde->bke", pooled, self.projections)        # (B, K, d)
-        active = torch.ones(capsules.shape[:2], dtype=torch.bool)               # (B, K)
-        weights = mask[:, None, :].expand(-1, capsules.shape[1], -1) / mask.sum(1).clamp(min=1)[:, None, None]
-        return capsules, active, weights
-
-
-def export_version(root: Path, seed: int, n_items: int, dim: int = 32, n_interests: int = 4, max_len: int = 20) -> Path:
-    """A new bundle version (random tower, seeded) in ``root`` (or at ``root`` if absent); the
-    real MIND tower when it can be exported, else the contract stand-in (said once)."""
-    rng = np.random.default_rng(seed)
-    for real in (True, False):
-        try:
-            tower, vectors = _tower(seed, n_items, dim, n_interests, max_len, real)
-            return write_bundle(root, tower=tower, item_vectors=vectors, item_ids=[f"i{r}" for r in range(n_items)],
-                                profile_vocab={}, popular_rows=rng.permutation(n_items).tolist(),
-                                hyperparameters={"max_len": max_len, "dim": dim, "n_interests": n_interests},
-                                metrics={}, index_type="flat")
-        except (ImportError, TypeError, RuntimeError) as err:
-            if not real:
-                raise
-            if seed == 0:
-                print(f"(real MIND tower not exportable here: {str(err).strip().splitlines()[0][:100]}; "
-                      f"using the contract stand-in tower)")
-    raise AssertionError("unreachable")
-
-
-def requests_for(n_items: int, n: int = 512, length: int = 20, top_n: int = 50) -> list[bytes]:
-    rows = np.random.default_rng(3).integers(0, n_items, size=(n, length))
-    return [request_bytes([f"i{r}" for r in row], top_n) for row in rows.tolist()]
 
 
 def load_in_thread(port: int, requests: list[bytes], concurrency: int, seconds: float) -> tuple[threading.Thread, list]:
@@ -115,14 +56,6 @@ def reload_failures(base: str) -> float:
     text = httpx.get(f"{base}/metrics", timeout=10).text
     line = next((l for l in text.splitlines() if l.startswith("mind_recall_reloads_total") and 'result="failure"' in l), None)
     return float(line.rsplit(" ", 1)[1]) if line else 0.0
-
-
-def corrupt_in_place(file: Path) -> None:
-    size = file.stat().st_size
-    with open(file, "r+b") as f:
-        f.seek(128)
-        f.write(bytes(range(7, 256, 3)) * ((size - 128) // 83 + 1))
-        f.truncate(size)
 
 
 def drill_swap(work: Path, args) -> None:
@@ -265,6 +198,14 @@ def workers_of(pid: int) -> set[int]:
     return found
 
 
+def wait_workers(pid: int, log: Path, n: int = 2, limit_s: float = 120) -> set[int]:
+    """Wait until ``n`` workers finished their startup (bundle loaded); their pids."""
+    start = time.monotonic()
+    while log.read_text().count("Application startup complete") < n and time.monotonic() - start < limit_s:
+        time.sleep(0.1)
+    return workers_of(pid)
+
+
 def drill_worker(work: Path, args) -> None:
     bundle = export_version(work / "worker-bundle", 0, args.items)
     port, requests = free_port(), requests_for(args.items)
@@ -273,12 +214,7 @@ def drill_worker(work: Path, args) -> None:
     server = spawn([sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port),
                     "--workers", "2", "--no-access-log"], env, log)
     try:
-        start = time.monotonic()
-        while len(workers_of(server.pid)) < 2 and time.monotonic() - start < 60:
-            time.sleep(0.1)
-        wait_http(f"http://127.0.0.1:{port}/readyz", 200, 120)
-        time.sleep(3)                                     # both workers warmed up
-        first = workers_of(server.pid)
+        first = wait_workers(server.pid, log)
         loop = OpenLoop(port, requests, 64)
         thread = threading.Thread(target=lambda: asyncio.run(loop.run(args.sigterm_rate, 8.0)))
         thread.start()
