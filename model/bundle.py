@@ -31,13 +31,12 @@ import faiss
 import numpy as np
 import torch
 
-from model.bundle_files import (FILES, INDEX, ITEM_IDS, ITEM_VECTORS, MANIFEST, POPULARITY,
-                                PROFILE_VOCAB, TOWER, BundleError, read_index, read_json,
-                                read_item_vectors, sha256_of, verify_files)
+from model.bundle_files import (FILES, FORMAT_VERSION, INDEX, ITEM_IDS, ITEM_VECTORS, MANIFEST,
+                                POPULARITY, PROFILE_VOCAB, TOWER, BundleError, read_index,
+                                read_item_vectors, read_json, read_manifest, read_popularity,
+                                sha256_of, verify_files)
 from model.index import apply_params, build_index, perturbed_queries, tune_index
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
 UNKNOWN_VALUE = "<unk>"
 BUNDLE_DIR_MODE = 0o755
 
@@ -240,19 +239,6 @@ def latest_bundle(root) -> Path:
     return versions[-1]
 
 
-def _read_manifest(path: Path) -> dict:
-    manifest = read_json(path / MANIFEST, dict)
-    version = manifest.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise BundleError(f"{path / MANIFEST}: unsupported format_version {version!r} "
-                          f"(this code reads {SUPPORTED_FORMAT_VERSIONS})")
-    missing = [k for k in ("model_version", "dim", "n_interests", "max_len", "n_items",
-                           "profile_features", "index", "files") if k not in manifest]
-    if missing:
-        raise BundleError(f"{path / MANIFEST}: missing keys {missing}")
-    return manifest
-
-
 def _check_item_side(path: Path, manifest: dict, vectors: np.ndarray, index: faiss.Index,
                      item_ids: list) -> None:
     """Dimensions and id map agree with the manifest: d, n_items, unique string ids."""
@@ -265,13 +251,6 @@ def _check_item_side(path: Path, manifest: dict, vectors: np.ndarray, index: fai
         raise BundleError(f"{path / ITEM_IDS}: expected {n_items} string ids, got {len(item_ids)}")
     if len(set(item_ids)) != n_items:
         raise BundleError(f"{path / ITEM_IDS}: external ids are not unique")
-
-
-def _read_popularity(path: Path, n_items: int) -> np.ndarray:
-    rows = np.asarray(read_json(path / POPULARITY, list), dtype=np.int64)  # (n_items,)
-    if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= n_items)):
-        raise BundleError(f"{path / POPULARITY}: rows must be a list of ints in [0, {n_items})")
-    return rows
 
 
 def _load_tower(path: Path, manifest: dict, device: torch.device) -> torch.jit.ScriptModule:
@@ -297,7 +276,7 @@ def load_bundle(path, device="cpu") -> Bundle:
     """
     path = latest_bundle(path)
     device = torch.device(device)
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path)
     verify_files(path, manifest)
     vectors = read_item_vectors(path / ITEM_VECTORS)
     index = read_index(path / INDEX)
@@ -314,5 +293,5 @@ def load_bundle(path, device="cpu") -> Bundle:
         item_vectors=vectors, item_ids=tuple(item_ids),
         row_of={item: row for row, item in enumerate(item_ids)}, profile_features=features,
         profile_vocab={f: {v: i for i, v in enumerate(values) if i} for f, values in vocab.items()},
-        popular_rows=_read_popularity(path, manifest["n_items"]), dim=manifest["dim"],
+        popular_rows=read_popularity(path, manifest["n_items"]), dim=manifest["dim"],
         n_interests=manifest["n_interests"], max_len=manifest["max_len"])

@@ -22,6 +22,8 @@ PROFILE_VOCAB = "profile_vocab.json"
 POPULARITY = "popularity.json"
 FILES = (TOWER, ITEM_VECTORS, ITEM_IDS, INDEX, PROFILE_VOCAB, POPULARITY)  # all but the manifest
 CHUNK_BYTES = 1 << 20
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
 
 
 class BundleError(Exception):
@@ -85,3 +87,32 @@ def read_index(file: Path) -> faiss.Index:
         return faiss.read_index(str(file))
     except RuntimeError as err:
         raise BundleError(f"{file}: not a readable FAISS index: {err}") from err
+
+
+def read_manifest(path: Path) -> dict:
+    """The parsed manifest of the bundle at ``path``, of a supported format version."""
+    manifest = read_json(path / MANIFEST, dict)
+    version = manifest.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise BundleError(f"{path / MANIFEST}: unsupported format_version {version!r} "
+                          f"(this code reads {SUPPORTED_FORMAT_VERSIONS})")
+    missing = [k for k in ("model_version", "dim", "n_interests", "max_len", "n_items",
+                           "profile_features", "index", "files") if k not in manifest]
+    if missing:
+        raise BundleError(f"{path / MANIFEST}: missing keys {missing}")
+    wrong = [k for k in ("dim", "n_interests", "max_len", "n_items")
+             if not isinstance(manifest[k], int) or manifest[k] < 1]
+    if wrong or not isinstance(manifest["files"], dict) or not isinstance(manifest["index"], dict):
+        raise BundleError(f"{path / MANIFEST}: malformed entries {wrong or ['files/index']}")
+    return manifest
+
+
+def read_popularity(path: Path, n_items: int) -> np.ndarray:
+    """(n_items,) int64 rows, most popular first, each in [0, n_items)."""
+    try:
+        rows = np.asarray(read_json(path / POPULARITY, list), dtype=np.int64)  # (n_items,)
+    except (ValueError, TypeError, OverflowError):
+        rows = np.zeros((0, 0), dtype=np.int64)   # reported below
+    if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= n_items)):
+        raise BundleError(f"{path / POPULARITY}: rows must be a list of ints in [0, {n_items})")
+    return rows

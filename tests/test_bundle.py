@@ -149,8 +149,11 @@ def test_missing_file_and_bad_manifest_are_refused_naming_them(tmp_path):
         load_bundle(tmp_path / "empty")
 
 
-def test_unsupported_format_version_is_refused(tmp_path):
+def test_unsupported_format_version_and_malformed_manifest_are_refused(tmp_path):
     path = make_bundle(tmp_path / "b")
+    rewrite_manifest(path, dim="8")
+    with pytest.raises(BundleError, match=r"manifest\.json: malformed entries \['dim'\]"):
+        load_bundle(path)
     rewrite_manifest(path, format_version=FORMAT_VERSION + 1)
     with pytest.raises(BundleError, match=r"manifest\.json: unsupported format_version"):
         load_bundle(path)
