@@ -23,7 +23,7 @@ LOCAL_ML100K = REPO_ROOT.parent / "shared" / "data" / "ml-100k" / "ml-100k.inter
 SYNTHETIC = "synthetic"
 # A short budget: the default model must be ready within a few minutes on 2 CPU cores.
 DEFAULT_TRAIN_ARGS = "--epochs 6 --samples-per-user 10 --no-baselines --device auto"
-EXAMPLE_HISTORY_LEN = 3  # items in the printed curl example's history
+EXAMPLE_HISTORY_LEN = 8  # history of the printed curl example: floor(log2 8) = 3 interests
 RUN_DONE_MARKER = "metrics.json"  # written by `mind train` once the run is complete
 
 
