@@ -254,6 +254,8 @@ def _check_item_side(path: Path, manifest: dict, vectors: np.ndarray, index: fai
 
 
 def _load_tower(path: Path, manifest: dict, device: torch.device) -> torch.jit.ScriptModule:
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BundleError(f"{path / TOWER}: device {device} requested but CUDA is not available here")
     try:
         tower = torch.jit.load(str(path / TOWER), map_location=device).eval()
         for parameter in tower.parameters():   # serving only: outputs carry no autograd graph

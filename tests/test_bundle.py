@@ -215,3 +215,19 @@ def test_existing_bundle_needs_force_and_a_root_gets_versions(tmp_path):
     assert first.parent == root == second.parent and first.name < second.name
     assert latest_bundle(root) == second and load_bundle(root).path == second
     assert second.name.endswith(load_bundle(root).model_version[:12])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_with_the_reason(written):
+    with pytest.raises(BundleError, match=r"user_tower\.pt: device cuda requested but CUDA is not available"):
+        load_bundle(written, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_tower_runs_on_cuda_like_on_cpu(written):
+    cpu, gpu = load_bundle(written), load_bundle(written, device="cuda")
+    history = torch.from_numpy(prepare_histories([[1, 2, 3, 4, 5], [9]], MAX_LEN))
+    profile = torch.tensor([[1, 3], [0, 0]])
+    on_gpu = gpu.tower(history.cuda(), profile.cuda())
+    assert on_gpu[0].device.type == "cuda" and gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu[0].cpu(), cpu.tower(history, profile)[0], atol=1e-5, rtol=1e-5)
