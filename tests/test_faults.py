@@ -172,3 +172,34 @@ def test_checksum_checked_before_the_torchscript_file_is_loaded(tmp_path, monkey
         load_bundle(bundle)
     assert loaded == []
     shutil.rmtree(bundle)
+
+
+def test_overload_a_job_that_would_expire_during_its_batch_is_not_computed():
+    """Past saturation the FIFO queue hands the worker jobs about to expire; computing them
+    wastes the capacity (they time out during the batch). With batches taking ~0.2 s, a job
+    with 0.1 s left is refused at once and never run; the goodput effect is in bench/overload.py."""
+    import time
+
+    from service.batcher import Batcher, DeadlineError
+    seen = []
+
+    def slow(payloads):
+        seen.extend(payloads)
+        time.sleep(0.2)
+        return payloads
+
+    async def main():
+        batcher = Batcher(slow, max_batch_size=1, wait_s=0, max_queue=10)
+        batcher.start()
+        assert await batcher.submit("first", 5) == "first"     # teaches the batch time
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(DeadlineError, match="within a batch"):
+            await batcher.submit("doomed", 0.1)
+        refused_after = asyncio.get_running_loop().time() - started
+        assert await batcher.submit("roomy", 5) == "roomy"
+        await batcher.drain_and_stop()
+        return refused_after
+
+    refused_after = asyncio.run(main())
+    assert seen == ["first", "roomy"]
+    assert refused_after < 0.1                                # refused at once, not at its deadline
