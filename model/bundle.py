@@ -39,6 +39,7 @@ from model.index import apply_params, build_index, perturbed_queries, tune_index
 
 UNKNOWN_VALUE = "<unk>"
 BUNDLE_DIR_MODE = 0o755
+NOT_MODEL_CONTENT = ("metrics", "data")   # manifest fields that leave model_version alone
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "Bundle", "BundleError", "latest_bundle", "load_bundle",
            "prepare_histories", "write_bundle"]
@@ -170,10 +171,27 @@ def _scripted_tower(tower, max_len: int, n_profile: int, item_dim: int):
     return tower, n_interests, dim
 
 
-def _manifest(tmp: Path, *, created: datetime, index_entry: dict, **fields) -> dict:
-    """The manifest of the files in ``tmp``; model_version hashes their sha256s."""
+def model_version_of(tower: torch.jit.ScriptModule, files: Mapping[str, str], fields: Mapping) -> str:
+    """Content hash: the tower's tensors, every other file's sha256 and the manifest fields.
+
+    The TorchScript file itself is not hashed: it embeds a random serialization id and
+    module-name mangling that change on every save, so the same run would get a new version.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tower.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    other = {name: sha for name, sha in files.items() if name != TOWER}
+    digest.update(json.dumps([other, fields], sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _manifest(tmp: Path, tower, *, created: datetime, index_entry: dict, **fields) -> dict:
+    """The manifest of the files in ``tmp`` (see ``model_version_of``)."""
     files = {name: sha256_of(tmp / name) for name in FILES}
-    model_version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    served = {k: v for k, v in fields.items() if k not in NOT_MODEL_CONTENT}
+    model_version = model_version_of(tower, files, dict(served, index_params=index_entry["params"]))
     return {"format_version": FORMAT_VERSION, "model_version": model_version,
             "created_at": created.isoformat(), **fields, "index": index_entry, "files": files,
             "file_bytes": {name: (tmp / name).stat().st_size for name in FILES}}
@@ -212,7 +230,7 @@ def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popul
                                      profile_vocab=profile_vocab, popular_rows=popular_rows,
                                      index_type=index_type, tune_queries=tune_queries)
         created = datetime.now(timezone.utc)
-        manifest = _manifest(tmp, created=created, index_entry=index_entry,
+        manifest = _manifest(tmp, tower, created=created, index_entry=index_entry,
                              hyperparameters=dict(hyperparameters), dim=dim, n_interests=n_interests,
                              max_len=max_len, n_items=len(ids), profile_features=list(profile_vocab),
                              metrics=dict(metrics or {}), data=dict(data or {}))

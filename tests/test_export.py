@@ -174,6 +174,16 @@ def test_export_with_ivf_index_tunes_on_tower_capsules(exported, tmp_path, capsy
     assert "index ivf" in capsys.readouterr().out
 
 
+def test_same_run_exported_twice_gets_the_same_model_version(exported, tmp_path):
+    from model.bundle import load_bundle
+
+    (tmp_path / "root").mkdir()
+    run = exported[1].parent / "run"
+    assert cli.main(["export", "--run", str(run), "--out", str(tmp_path / "root")]) == 0
+    versions = {load_bundle(p).model_version for p in [exported[1], *(tmp_path / "root").iterdir()]}
+    assert len(versions) == 1
+
+
 def test_existing_bundle_is_refused_without_force(exported, capsys):
     run, bundle = exported[1].parent / "run", exported[1]
     before = (bundle / "manifest.json").read_text()
