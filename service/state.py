@@ -60,7 +60,10 @@ def reload_target(root: Path | None, requested: str | None) -> Path:
     if requested is None:
         return root
     path = Path(requested)
-    path = (path if path.is_absolute() else root / path).resolve()
+    try:
+        path = (path if path.is_absolute() else root / path).resolve()
+    except (ValueError, RuntimeError, OSError) as err:   # NUL byte, symlink loop: a 400, not a 500
+        raise ReloadPathError(f"path {requested!r} cannot be resolved: {err}") from None
     if path != root and root not in path.parents:
         raise ReloadPathError(f"path {requested!r} is outside the bundle root {root}")
     return path

@@ -142,6 +142,23 @@ def test_reload_path_never_leaves_the_bundle_root(root_with_outside):
     assert os.path.commonpath([version["path"], str(root)]) == str(root), version["path"]
 
 
+def test_reload_path_that_cannot_be_resolved_is_a_400(root_with_outside):
+    """Found by the long fuzz run: a NUL byte made Path.resolve raise (500)."""
+    root, _ = root_with_outside
+    (root / "loop").symlink_to(root / "loop")
+    attempts = ["a\u0000b", "loop/x"]
+
+    async def scenario(client, app):
+        answers = [await client.post("/admin/reload", json={"path": p}, headers=AUTH) for p in attempts]
+        return answers, await client.get("/readyz")
+
+    answers, ready = with_app(settings_for(root), scenario)
+    for path, answer in zip(attempts, answers):
+        assert answer.status_code == 400, (path, answer.text)
+    assert "cannot be resolved" in answers[0].json()["error"]
+    assert ready.status_code == 200
+
+
 def test_admin_token_required_and_compared_in_constant_time(root_with_outside, monkeypatch):
     root, _ = root_with_outside
     compared = []
