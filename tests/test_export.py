@@ -9,6 +9,7 @@ import torch
 
 from mind_recall import cli
 from model.export import RUN_FILES, tower_queries
+from model.index import exact_top_k, recall_at_k
 
 
 def export(argv, capsys):
@@ -169,9 +170,13 @@ def test_export_with_ivf_index_tunes_on_tower_capsules(exported, tmp_path, capsy
                      "--index", "ivf"]) == 0
     from model.bundle import load_bundle
 
-    index = load_bundle(tmp_path / "b").manifest["index"]
+    bundle = load_bundle(tmp_path / "b")
+    index = bundle.manifest["index"]
     assert index["type"] == "ivf" and index["tuned_recall_at_k"] >= 0.96 and "nprobe" in index["params"]
     assert "index ivf" in capsys.readouterr().out
+    held_out = tower_queries(bundle.tower, bundle.popular_rows, MAX_LEN, 1, seed=7)   # new capsules
+    found = bundle.index.search(held_out, 100)[1]
+    assert recall_at_k(found, exact_top_k(np.asarray(bundle.item_vectors), held_out, 100)) >= 0.95
 
 
 def test_same_run_exported_twice_gets_the_same_model_version(exported, tmp_path):
