@@ -22,6 +22,7 @@ import torch
 
 from bench.index_recall import clustered_catalogue, machine
 from model.bundle import write_bundle
+from model.index import IndexTuningError
 
 N_INTERESTS = 4
 MAX_LEN = 50
@@ -124,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"catalogue: {args.items} items, d={args.dim}, K={N_INTERESTS}, max_len={MAX_LEN}")
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds.split(","):
-            path, build_s = build(Path(tmp) / kind, items, kind)
+            start = time.perf_counter()
+            try:
+                path, build_s = build(Path(tmp) / kind, items, kind)
+            except IndexTuningError as err:   # a finding to report, not a crash
+                print(f"\n[{kind}] no bundle after {time.perf_counter() - start:.0f} s: {err}")
+                continue
             report(kind, path, build_s, args.items, args.dim)
     return 0
 
