@@ -38,9 +38,12 @@ def read_json_file(path: Path) -> dict:
     if not path.is_file():
         raise EvaluationError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise EvaluationError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise EvaluationError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def dataset_from_config(data_cfg: dict, data_override: Path | None, where: str,

@@ -51,10 +51,18 @@ def evaluate_source(source: EvalSource) -> tuple[dict, dict]:
 
 
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
+    """``auto`` -> cuda when available, else cpu; an unusable device is an EvaluationError."""
     import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise EvaluationError(f"--device {name}: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError(f"--device {name}: CUDA is not available on this machine")
+    return name
 
 
 def main(args: argparse.Namespace) -> int:

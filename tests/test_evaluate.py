@@ -112,6 +112,7 @@ def test_report_and_plot_are_written(tmp_path):
     ("--run", None, "no such run directory"),
     ("--run", "dir", "config.json: file not found"),
     ("--run", "bad_json", "config.json: not valid JSON"),
+    ("--run", "list_json", "config.json: expected a JSON object"),
     ("--bundle", None, "no such bundle"),
     ("--bundle", "dir", "holds no bundle"),
 ])
@@ -119,10 +120,10 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys, flag, setup, message
     from mind_recall.cli import main
 
     target = tmp_path / "thing"
-    if setup in ("dir", "bad_json"):
+    if setup in ("dir", "bad_json", "list_json"):
         target.mkdir()
-    if setup == "bad_json":
-        (target / "config.json").write_text("{not json")
+    if setup in ("bad_json", "list_json"):
+        (target / "config.json").write_text("{not json" if setup == "bad_json" else "[1, 2]")
     assert main(["evaluate", flag, str(target)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -250,6 +251,17 @@ def test_run_without_k1_baseline_says_it_is_missing(tiny_run, tmp_path, capsys):
     assert "MIND K=1" in result["missing"] and "MIND K=1" not in result["metrics"]["history_included"]
     assert result["source"]["split"] == "validation"
     assert "MIND K=1: not evaluated" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda"])
+def test_unusable_device_exits_2(tiny_run, capsys, device):
+    from mind_recall.cli import main
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["evaluate", "--run", str(tiny_run[0]), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert f"--device {device}" in err and "Traceback" not in err
 
 
 def test_run_whose_log_changed_is_refused(tiny_run, tmp_path, capsys):
