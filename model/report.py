@@ -32,6 +32,10 @@ def render_markdown(result: dict, command: str, plot_note: str) -> str:
         "the bundle's own index for bundles), capsules' lists merged by score",
         "- history = first 80% of each sequence (last max_len items), targets = remaining 20%",
     ]
+    recorded = (src.get("run_metrics") or {}).get(src["split"], {})  # metrics.json keys: test, validation
+    if "recall@50" in recorded and "MIND" in result["metrics"].get("history_included", {}):
+        lines.append(f"- MIND Recall@50 recorded by training for this split: {recorded['recall@50']:.4f}; "
+                     f"this evaluation: {result['metrics']['history_included']['MIND']['recall@50']:.4f}")
     lines += [f"- {name}: not evaluated ({why})" for name, why in result.get("missing", {}).items()]
     for setting, per_method in result["metrics"].items():
         lines += ["", f"## {SETTING_TITLES.get(setting, setting)}", "", metrics_table(per_method)]
