@@ -135,6 +135,9 @@ def export_run(run_dir: Path, out_dir: Path, index_type: str | None = None, forc
     item_ids = run["vocab"]["items"][1:]
     if len(item_ids) != len(item_vectors):
         raise RunError(f"{run_dir / 'vocab.json'}: {len(item_ids)} items but the model has {len(item_vectors)}")
+    if len(run["popular_rows"]) and run["popular_rows"].max() >= len(item_ids):
+        raise RunError(f"{run_dir / 'popularity.json'}: item index {run['popular_rows'].max() + 1} "
+                       f"beyond the {len(item_ids)} items of vocab.json")
     profile_vocab = run["vocab"].get("user_profile", {})
     check_profile_vocab(run_dir, profile_vocab, model)
     index_type = index_type or choose_kind(len(item_ids))
@@ -152,7 +155,7 @@ def export_run(run_dir: Path, out_dir: Path, index_type: str | None = None, forc
 def main(args: argparse.Namespace) -> int:
     try:
         path = export_run(args.run, args.out, args.index, args.force)
-    except (RunError, FileExistsError, ValueError) as err:
+    except (RunError, OSError, ValueError) as err:   # OSError: e.g. --out not writable
         print(f"mind export: {err}", file=sys.stderr)
         return 2
     except (IndexTuningError, TowerScriptError) as err:

@@ -213,3 +213,10 @@ def test_profile_vocabulary_that_does_not_match_the_model_exits_2(tmp_path, caps
     (tmp_path / "run" / "vocab.json").write_text(json.dumps(vocab))
     code, err = export(["--run", tmp_path / "run", "--out", tmp_path / "b"], capsys)
     assert code == 2 and f"{tmp_path / 'run' / 'vocab.json'}: user_profile vocabulary sizes (4,)" in err
+
+
+def test_popularity_beyond_the_catalogue_exits_2_naming_it(tmp_path, capsys):
+    write_tiny_run(tmp_path / "run")
+    (tmp_path / "run" / "popularity.json").write_text(json.dumps([3, N_ITEMS + 5]))
+    code, err = export(["--run", tmp_path / "run", "--out", tmp_path / "b"], capsys)
+    assert code == 2 and f"{tmp_path / 'run' / 'popularity.json'}: item index {N_ITEMS + 5}" in err
