@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shlex
 import signal
 import sys
@@ -35,6 +36,13 @@ def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     return kib / 1024
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class OpenLoop:
@@ -154,7 +162,9 @@ def parse_args(argv):
 
 async def drill(port: int, pid: int, requests: list[bytes], args) -> dict:
     normal = await probe_ms(port, requests[0], 50)
+    cpu_start = cpu_s(pid)
     saturation = await drive(port, requests, args.saturation_concurrency, args.saturation_seconds, 10**9)
+    saturation["server_cpu_s"] = cpu_s(pid) - cpu_start
     rate = saturation["rps"] * args.factor
     loop, rss = OpenLoop(port, requests, args.max_connections), [rss_mib(pid)]
 
@@ -163,11 +173,13 @@ async def drill(port: int, pid: int, requests: list[bytes], args) -> dict:
             await asyncio.sleep(0.5)
             rss.append(rss_mib(pid))
     sampler = asyncio.create_task(sample_rss())
+    cpu_before, client_before = cpu_s(pid), sum(os.times()[:2])
     offered = await loop.run(rate, args.seconds)
+    cpu = {"server": cpu_s(pid) - cpu_before, "client": sum(os.times()[:2]) - client_before}
     sampler.cancel()
     recovered = await recovery_s(port, requests[0], normal)
     return {"normal_ms": normal, "saturation": saturation, "target_rate": rate, "offered_rate": offered,
-            "rss_during": rss, "recovery_s": recovered, **summarise(loop)}
+            "rss_during": rss, "recovery_s": recovered, "cpu": cpu, "seconds": args.seconds, **summarise(loop)}
 
 
 def report(r: dict, env: dict, rss_before: float, rss_after: float, alive: bool) -> None:
@@ -179,8 +191,16 @@ def report(r: dict, env: dict, rss_before: float, rss_after: float, alive: bool)
     print(f"overload: target {r['target_rate']:.0f} req/s, offered {r['offered_rate']:.0f} req/s, "
           f"answered {r['answered']}, statuses {r['statuses']}, connection errors {r['errors']}, "
           f"unsent (client connection cap) {r['unsent']}")
+    print(f"CPU seconds during the overload ({r['cpu']['server'] + r['cpu']['client']:.1f} s of "
+          f"{os.cpu_count() * r['seconds']:.0f} core-seconds on {os.cpu_count()} cores): server {r['cpu']['server']:.1f}, "
+          f"load client {r['cpu']['client']:.1f}")
+    per_cpu = {"saturation": sat["ok"] / max(sat["server_cpu_s"], 1e-9),
+               "overload": r["statuses"].get(200, 0) / max(r["cpu"]["server"], 1e-9)}
+    print(f"answers 200 per server CPU-second (robust to the CPU share the server got): saturation "
+          f"{per_cpu['saturation']:.0f}, overload {per_cpu['overload']:.0f}")
     print(f"shed: {r['shed_share']:.1%} of answers were 503; {r['retry_after_share']:.1%} of those had Retry-After")
-    print(f"accepted: p50 {r['ok_p50']:.1f} ms, p99 {r['ok_p99']:.1f} ms "
+    print(f"accepted (client-measured, so including time queued in the kernel before the server reads it): "
+          f"p50 {r['ok_p50']:.1f} ms, p99 {r['ok_p99']:.1f} ms "
           f"(bound: request_timeout_ms {bound:.0f} + one batch; within: {r['ok_p99'] <= bound * 1.5})")
     during = r["rss_during"]
     print(f"RSS MiB: before {rss_before:.1f}, during max {max(during):.1f} (last {during[-1]:.1f}), "
