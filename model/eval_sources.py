@@ -177,4 +177,5 @@ def bundle_source(bundle_dir: Path, split: str, data_override: Path | None, devi
             "n_users": len(held.histories), "n_items": held.n_items, "max_len": bundle.max_len,
             "index": bundle.manifest.get("index", {}).get("type"),
             "run_metrics": bundle.manifest.get("metrics", {})}
-    return EvalSource(held, {"MIND": retriever}, info)
+    missing = {"MIND K=1": "a bundle holds only the exported model; evaluate its run (--run) for K=1"}
+    return EvalSource(held, {"MIND": retriever}, info, missing)
