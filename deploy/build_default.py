@@ -36,6 +36,12 @@ def resolve_data(environ: dict[str, str], local_ml100k: Path = LOCAL_ML100K) -> 
     return str(local_ml100k) if local_ml100k.is_file() else SYNTHETIC
 
 
+def train_args(environ: dict[str, str]) -> str:
+    """`mind train` options of the default model: $MIND_TRAIN_ARGS, or the short default
+    budget when it is unset or blank (compose passes an empty value through)."""
+    return environ.get("MIND_TRAIN_ARGS", "").strip() or DEFAULT_TRAIN_ARGS
+
+
 def train_command(data: str, run_dir: Path, train_args: str) -> list[str]:
     """argv of the `mind train` child process."""
     return [sys.executable, "-m", "mind_recall.cli", "train", "--data", data,
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle_dir = Path(os.environ.get("BUNDLE_DIR", "bundles/default"))
     if args.action == "build":
         data = resolve_data(dict(os.environ))
-        build(run_dir, bundle_dir, data, os.environ.get("MIND_TRAIN_ARGS", DEFAULT_TRAIN_ARGS))
+        build(run_dir, bundle_dir, data, train_args(dict(os.environ)))
         return 0
     bundle = find_bundle(bundle_dir)
     if bundle is None:

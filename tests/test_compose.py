@@ -167,3 +167,18 @@ def test_dashboard_queries_use_service_metrics() -> None:
         exprs = [t["expr"] for panel in json.loads(path.read_text())["panels"] for t in panel.get("targets", [])]
         used = {re.sub(r"_(bucket|count|sum|total|created|info)$", "", m) for e in exprs for m in re.findall(r"mind_recall_\w+", e)}
         assert used and used <= {re.sub(r"_(total|info)$", "", d) for d in defined}, f"{path.name}: {sorted(used - defined)}"
+
+
+def test_containers_write_only_to_their_volume_and_tmp(compose: dict, dockerfile: str) -> None:
+    """Read-only root: every path the entrypoint writes (run, bundle) lies under a mounted
+    volume; the trainer mounts it writable, the services read-only."""
+    for name in MIND_SERVICES:
+        service = compose["services"][name]
+        assert service["read_only"] is True and "/tmp" in service["tmpfs"]
+        mounts = {v.split(":")[1]: v.split(":")[2:] for v in service["volumes"]}
+        for var in ("RUN_DIR", "BUNDLE_DIR"):
+            path = service["environment"][var]
+            mount = next((m for m in mounts if path.startswith(m + "/")), None)
+            assert mount, f"{name}: {var}={path} is not under a mounted volume"
+            assert (mounts[mount] == ["ro"]) == (name != "trainer"), f"{name}: {mount} mount mode"
+    assert "VOLUME [\"/data\"]" in dockerfile and "BUNDLE_DIR=/data/" in dockerfile

@@ -131,3 +131,10 @@ def test_default_data_prefers_explicit_then_local_ml100k_then_synthetic(tmp_path
     assert build_default.resolve_data({}, local) == "synthetic"
     local.write_text("user_id:token\titem_id:token\ttimestamp:float\n")
     assert build_default.resolve_data({"MIND_DATA": " "}, local) == str(local)
+
+
+def test_blank_train_args_mean_the_default_budget() -> None:
+    build_default = load_build_default()
+    assert build_default.train_args({}) == build_default.DEFAULT_TRAIN_ARGS
+    assert build_default.train_args({"MIND_TRAIN_ARGS": ""}) == build_default.DEFAULT_TRAIN_ARGS
+    assert build_default.train_args({"MIND_TRAIN_ARGS": "--epochs 1"}) == "--epochs 1"
