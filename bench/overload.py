@@ -28,6 +28,7 @@ from bench.load import _read_response, drive, free_port, request_bytes, start_se
 from bench.pipeline import DEFAULT_CACHE, bench_bundle, machine
 
 TICK_S = 0.005
+KEEP_ALIVE_S = 4.0   # reuse an idle connection only this long (uvicorn's keep-alive timeout is 5 s)
 DEFAULT_ENV = ("MIND_MAX_QUEUE=128", "MIND_REQUEST_TIMEOUT_MS=500", "MIND_LOG_REQUESTS=false")
 
 
@@ -50,10 +51,11 @@ class OpenLoop:
 
     def __init__(self, port: int, requests: list[bytes], max_connections: int) -> None:
         self.port, self.requests, self.max_connections = port, requests, max_connections
-        self.idle: list = []
+        self.idle: list = []     # (connection, idle since); uvicorn closes keep-alives idle > 5 s
         self.opened = 0
         self.results: list[tuple[int, float, bool, float]] = []   # (status, seconds, has Retry-After, sent at)
         self.failed_at: list[float] = []   # send times of requests the service never answered
+        self.failure_kinds: dict[str, int] = {}
         self.unsent = 0          # arrivals finding every connection busy (client-side cap)
 
     async def _one(self, conn, payload: bytes) -> None:
@@ -63,25 +65,31 @@ class OpenLoop:
         try:
             writer.write(payload)
             status = await _read_response(reader, headers)
-        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as err:
             self.failed_at.append(started)
+            self.failure_kinds[type(err).__name__] = self.failure_kinds.get(type(err).__name__, 0) + 1
             writer.close()
             self.opened -= 1
             return
         self.results.append((status, time.perf_counter() - started, b"retry-after" in headers, started))
-        self.idle.append(conn)
+        self.idle.append((conn, time.perf_counter()))
 
     async def _connection(self):
-        if self.idle:
-            return self.idle.pop()
+        while self.idle:
+            conn, since = self.idle.pop()
+            if time.perf_counter() - since < KEEP_ALIVE_S:
+                return conn
+            conn[1].close()                                  # stale: the server may have closed it
+            self.opened -= 1
         if self.opened >= self.max_connections:
             return None
         self.opened += 1
         try:
             return await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
+        except OSError as err:
             self.opened -= 1
             self.failed_at.append(time.perf_counter())
+            self.failure_kinds[f"connect: {type(err).__name__}"] = self.failure_kinds.get(f"connect: {type(err).__name__}", 0) + 1
             return None
 
     async def run(self, rate: float, seconds: float) -> float:
@@ -101,7 +109,7 @@ class OpenLoop:
             await asyncio.sleep(TICK_S)
         if tasks:
             await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
-        for _, writer in self.idle:
+        for (_, writer), _ in self.idle:
             writer.close()
         return sent / seconds
 
@@ -113,13 +121,13 @@ def summarise(loop: OpenLoop) -> dict:
     ok_ms = np.asarray([s for status, s, *_ in loop.results if status == 200]) * 1000
     shed = [has for status, _, has, _ in loop.results if status == 503]
     total = len(loop.results)
-    return {"statuses": statuses, "answered": total, "errors": len(loop.failed_at), "unsent": loop.unsent,
+    return {"statuses": statuses, "answered": total, "errors": len(loop.failed_at), "failure_kinds": loop.failure_kinds, "unsent": loop.unsent,
             "shed_share": len(shed) / max(total, 1), "retry_after_share": sum(shed) / max(len(shed), 1),
             **{f"ok_p{q}": float(np.percentile(ok_ms, q)) if len(ok_ms) else float("nan") for q in (50, 99)}}
 
 
-async def probe_ms(port: int, request: bytes, n: int) -> float:
-    """Median latency (ms) of ``n`` sequential requests on one connection."""
+async def probe_ms(port: int, request: bytes, n: int, q: float = 50) -> float:
+    """The ``q``-th percentile latency (ms) of ``n`` sequential requests on one connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     times = []
     for _ in range(n):
@@ -128,17 +136,19 @@ async def probe_ms(port: int, request: bytes, n: int) -> float:
         await _read_response(reader)
         times.append(time.perf_counter() - started)
     writer.close()
-    return float(np.median(times)) * 1000
+    return float(np.percentile(times, q)) * 1000
 
 
-async def recovery_s(port: int, request: bytes, normal_ms: float, limit_s: float = 60) -> float:
-    """Seconds after the load stops until the probe median is within 1.5x normal (+1 ms)."""
-    start = time.perf_counter()
+async def recovery_s(port: int, request: bytes, normal_ms: float, limit_s: float = 60) -> tuple[float, list]:
+    """Seconds after the load stops until a probe's median is back within normal variation
+    (at most ``normal_ms``, the p90 of the quiet probe), and the probe medians (ms) seen."""
+    start, seen = time.perf_counter(), []
     while time.perf_counter() - start < limit_s:
-        if await probe_ms(port, request, 5) <= 1.5 * normal_ms + 1:
-            return time.perf_counter() - start
+        seen.append(round(await probe_ms(port, request, 5), 1))
+        if seen[-1] <= normal_ms:
+            return time.perf_counter() - start, seen
         await asyncio.sleep(0.05)
-    return float("inf")
+    return float("inf"), seen
 
 
 def parse_args(argv):
@@ -162,6 +172,7 @@ def parse_args(argv):
 
 async def drill(port: int, pid: int, requests: list[bytes], args) -> dict:
     normal = await probe_ms(port, requests[0], 50)
+    normal_p90 = await probe_ms(port, requests[0], 50, q=90)
     cpu_start = cpu_s(pid)
     saturation = await drive(port, requests, args.saturation_concurrency, args.saturation_seconds, 10**9)
     saturation["server_cpu_s"] = cpu_s(pid) - cpu_start
@@ -177,19 +188,19 @@ async def drill(port: int, pid: int, requests: list[bytes], args) -> dict:
     offered = await loop.run(rate, args.seconds)
     cpu = {"server": cpu_s(pid) - cpu_before, "client": sum(os.times()[:2]) - client_before}
     sampler.cancel()
-    recovered = await recovery_s(port, requests[0], normal)
-    return {"normal_ms": normal, "saturation": saturation, "target_rate": rate, "offered_rate": offered,
-            "rss_during": rss, "recovery_s": recovered, "cpu": cpu, "seconds": args.seconds, **summarise(loop)}
+    recovered, probes = await recovery_s(port, requests[0], normal_p90)
+    return {"normal_ms": normal, "normal_p90_ms": normal_p90, "saturation": saturation, "target_rate": rate, "offered_rate": offered,
+            "rss_during": rss, "recovery_s": recovered, "probes": probes, "cpu": cpu, "seconds": args.seconds, **summarise(loop)}
 
 
 def report(r: dict, env: dict, rss_before: float, rss_after: float, alive: bool) -> None:
     sat = r["saturation"]
     bound = float(env.get("MIND_REQUEST_TIMEOUT_MS", 1000))
-    print(f"normal latency (1 connection, sequential): {r['normal_ms']:.2f} ms median")
+    print(f"normal latency (1 connection, sequential): {r['normal_ms']:.2f} ms median, p90 {r['normal_p90_ms']:.2f} ms")
     print(f"saturation: {sat['rps']:.1f} req/s at concurrency {sat['concurrency']} "
           f"(p99 {sat['p99']:.1f} ms, statuses {sat['statuses']})")
     print(f"overload: target {r['target_rate']:.0f} req/s, offered {r['offered_rate']:.0f} req/s, "
-          f"answered {r['answered']}, statuses {r['statuses']}, connection errors {r['errors']}, "
+          f"answered {r['answered']}, statuses {r['statuses']}, connection errors {r['errors']} {r['failure_kinds']}, "
           f"unsent (client connection cap) {r['unsent']}")
     print(f"CPU seconds during the overload ({r['cpu']['server'] + r['cpu']['client']:.1f} s of "
           f"{os.cpu_count() * r['seconds']:.0f} core-seconds on {os.cpu_count()} cores): server {r['cpu']['server']:.1f}, "
@@ -205,7 +216,8 @@ def report(r: dict, env: dict, rss_before: float, rss_after: float, alive: bool)
     during = r["rss_during"]
     print(f"RSS MiB: before {rss_before:.1f}, during max {max(during):.1f} (last {during[-1]:.1f}), "
           f"after {rss_after:.1f}")
-    print(f"recovery to normal latency after the load stopped: {r['recovery_s']:.2f} s")
+    print(f"recovery to normal latency after the load stopped and its answers came back: {r['recovery_s']:.2f} s "
+          f"(probe medians, ms: {r['probes'][:8]}{' ...' if len(r['probes']) > 8 else ''})")
     print(f"stayed up: {alive}")
 
 
