@@ -47,6 +47,10 @@ def main(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.observability import configure_logging
 
+    if (getattr(args, "workers", None) or 1) > 1:
+        print("mind serve: --workers must be 1: dynamic batching needs every request in one process's "
+              "queue; scale out with replicas (docs/service.md, 'Why one worker process')")
+        return 2
     try:
         settings = settings_from(args)
     except ValidationError as err:
