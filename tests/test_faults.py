@@ -1,6 +1,7 @@
 """Fault drills fast enough for the suite (the app in-process, lifespan included, real bundles):
 a bundle corrupted on disk after load, a bundle directory missing at start, reload paths
-that try to leave the bundle root, the admin token, and checksum-before-TorchScript.
+that try to leave the bundle root (or cannot be resolved), the admin token,
+checksum-before-TorchScript, and the batcher not computing requests doomed to time out.
 
 The slower drills over a real uvicorn process (swap under load, SIGTERM during load, a
 killed worker restarted) are in bench/faults.py and tests/test_service_server.py.
@@ -12,6 +13,7 @@ import hmac
 import logging
 import os
 import shutil
+import time
 
 import httpx
 import pytest
@@ -19,6 +21,7 @@ import torch
 
 from model.bundle import BundleError, load_bundle
 from service.app import create_app
+from service.batcher import Batcher, DeadlineError
 from service.settings import Settings
 from tests.service_support import build_bundle, item_id
 
@@ -195,9 +198,6 @@ def test_overload_a_job_that_would_expire_during_its_batch_is_not_computed():
     """Past saturation the FIFO queue hands the worker jobs about to expire; computing them
     wastes the capacity (they time out during the batch). With batches taking ~0.2 s, a job
     with 0.1 s left is refused at once and never run; the goodput effect is in bench/overload.py."""
-    import time
-
-    from service.batcher import Batcher, DeadlineError
     seen = []
 
     def slow(payloads):
