@@ -37,6 +37,8 @@ VARIANTS: dict[str, dict] = {
     "p=0 (mean)": {"pow_p": 0.0},
     "p=1": {"pow_p": 1.0},
     f"p={LARGE_P:g} (hard)": {"pow_p": LARGE_P},
+    "init logit std 1": {"routing_init_std": 1.0},
+    "init logit std 0.01": {"routing_init_std": 0.01},
 }
 COLUMNS = ("validation recall@20", "validation recall@50", "test recall@20", "test recall@50")
 

@@ -45,7 +45,8 @@ class B2IRouting(nn.Module):
     """Dynamic routing from behaviour embeddings to K interest capsules (spec section 1.2)."""
 
     def __init__(self, dim: int, n_interests: int, max_len: int, iterations: int = 3,
-                 softmax_over_interests: bool = True, dynamic_k: bool = True, seed: int = 2020):
+                 softmax_over_interests: bool = True, dynamic_k: bool = True, seed: int = 2020,
+                 init_std: float = 1.0):
         super().__init__()
         self.n_interests = n_interests
         self.iterations = iterations
@@ -56,7 +57,7 @@ class B2IRouting(nn.Module):
         # Initial routing logits b_ij ~ N(0, 1): drawn once from a seeded generator, stored with
         # the model, never updated. Row t is the t-th position counted from the most recent end.
         generator = torch.Generator().manual_seed(seed)
-        self.register_buffer("initial_logits", torch.randn(max_len, n_interests, generator=generator))
+        self.register_buffer("initial_logits", torch.randn(max_len, n_interests, generator=generator) * init_std)
 
     def forward(self, behaviours: torch.Tensor, mask: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

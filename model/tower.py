@@ -29,7 +29,8 @@ class InterestExtractor(nn.Module):
         super().__init__()
         d = config.embed_dim
         self.routing = B2IRouting(d, config.n_interests, config.max_len, config.routing_iters,
-                                  config.routing_softmax == "interests", config.dynamic_k, config.init_seed)
+                                  config.routing_softmax == "interests", config.dynamic_k, config.init_seed,
+                                  config.routing_init_std)
         self.profile = nn.ModuleList([nn.Embedding(max(int(v), 1), config.profile_dim, padding_idx=0)
                                       for v in config.profile_vocab_sizes])
         self.profile_sizes = list(config.profile_vocab_sizes)
