@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -89,8 +90,8 @@ def markdown(rows: dict[str, dict], command: str, base: ModelConfig, train: Trai
     lines = ["# MIND ablation on ml-100k", "",
              f"Command: `{command}`  ", f"Machine: {platform.machine()}, {os.cpu_count()} CPUs "
              f"(shared), torch {torch.__version__}, {platform.python_version()}  ",
-             f"Budget per variant: {train.epochs} epochs x {train.samples_per_user} positions per train "
-             f"user, batch {train.batch_size}, lr {train.lr}, seed {train.seed}; best epoch by validation "
+             f"Budget per variant: {train.epochs} epochs x {train.samples_per_user or 'all'} positions per "
+             f"train user, batch {train.batch_size}, lr {train.lr}, seed {train.seed}; best epoch by validation "
              "Recall@50. History items not excluded.  ",
              f"Base config: {json.dumps({k: v for k, v in dataclasses.asdict(base).items() if k not in ('profile_vocab_sizes', 'item_side_vocab_sizes')})}",
              "", "| variant | " + " | ".join(COLUMNS) + " | best epoch | train s |",
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                        item_side_vocab_sizes={f: len(v) for f, v in ds.item_side_vocabs.items()})
     train = TrainConfig(epochs=args.epochs, samples_per_user=args.samples_per_user, patience=args.epochs)
     base, train = apply_overrides(args.set, base, train)
-    command = "python bench/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(["python", "bench/ablation.py", *(argv if argv is not None else sys.argv[1:])])
     rows: dict[str, dict] = {}
     for name in args.variants:
         rows[name] = run_variant(ds, base, VARIANTS[name], train)
