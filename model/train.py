@@ -50,6 +50,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="positions sampled per train user per epoch (0 = all)")
     t.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    t.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = torch's default; 1 is much faster on a busy shared CPU)")
     t.add_argument("--no-baselines", action="store_true", help="skip training the MIND K=1 baseline")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -61,6 +63,10 @@ def fail(message: str) -> int:
 
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         return fail(f"{out} already exists and is not empty (use --force to replace it once the new run is complete)")
     try:
