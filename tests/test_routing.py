@@ -136,3 +136,10 @@ def test_label_aware_attention_ignores_inactive_interests():
     torch.testing.assert_close(out[1], interests[1, 0])           # one active interest = itself
     mean = label_aware_attention(interests, active, label, pow_p=0.0)
     torch.testing.assert_close(mean[0], interests[0, :2].mean(0))
+
+
+def test_initial_logit_scale_is_configurable_but_the_draw_is_the_same():
+    wide = B2IRouting(D, K, L, seed=7, init_std=1.0)
+    narrow = B2IRouting(D, K, L, seed=7, init_std=0.01)
+    torch.testing.assert_close(narrow.initial_logits, wide.initial_logits * 0.01)
+    assert wide.initial_logits.std() > 0.5
