@@ -102,9 +102,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+SERVERS = {  # --server name -> module run as the server (both take --bundle and --port)
+    "mind": ["mind_recall.cli", "serve"],
+    "plain": ["bench.plain_server"],   # the one-request-at-a-time FastAPI baseline
+}
+
+
+def start_server(bundle: Path, port: int, env: dict[str, str], log_path: Path, kind: str = "mind") -> subprocess.Popen:
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mind_recall.cli", "serve", "--bundle", str(bundle),
+    proc = subprocess.Popen([sys.executable, "-m", *SERVERS[kind], "--bundle", str(bundle),
                              "--port", str(port)], cwd=REPO_ROOT, env=dict(os.environ, **env),
                             stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -136,6 +142,8 @@ def parse_args(argv):
     parser.add_argument("--pipeline-seconds", type=float, default=3.0, help="0 skips the in-process baseline")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="server environment")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--server", choices=sorted(SERVERS), default="mind",
+                        help="mind = `mind serve`; plain = bench/plain_server.py, the unbatched FastAPI baseline")
     return parser.parse_args(argv)
 
 
@@ -163,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = np.random.default_rng(7).integers(0, len(ids), size=(2048, args.history))
     requests = [request_bytes([ids[r] for r in row], args.top_n) for row in rows.tolist()]
     port = free_port()
-    server = start_server(bundle_path, port, dict(e.split("=", 1) for e in args.env), args.cache / "server.log")
+    server = start_server(bundle_path, port, dict(e.split("=", 1) for e in args.env),
+                          args.cache / f"server-{args.server}.log", args.server)
     try:
-        print(f"catalogue {args.items} x d={args.dim}, K={args.interests}, history {args.history}, "
+        print(f"server: {args.server}; catalogue {args.items} x d={args.dim}, K={args.interests}, history {args.history}, "
               f"top_n {args.top_n}; server env {args.env or 'defaults'}")
         print(f"{'conc':>5} {'ok':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'vs bare':>8}  statuses")
         for concurrency in (int(c) for c in args.concurrency.split(",")):
