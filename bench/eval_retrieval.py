@@ -7,8 +7,6 @@ for all active capsules, merge, de-duplication, history exclusion) and of the it
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import sys
 import time
@@ -17,16 +15,13 @@ import numpy as np
 
 from model.baselines import item_cf_topn
 from model.retrieval import exact_index, multi_interest_topn
+from bench.pipeline import add_workload_arguments, machine
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=5000)
-    parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--interests", type=int, default=4)
-    parser.add_argument("--history", type=int, default=20)
-    parser.add_argument("--top-n", type=int, default=100)
+    add_workload_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -43,7 +38,7 @@ def main(argv=None) -> int:
     index = exact_index(items)
 
     print(f"command: {shlex.join([sys.executable, '-m', 'bench.eval_retrieval', *sys.argv[1:]])}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}")
+    print(f"machine: {machine()}")
     print(f"users={args.users} items={args.items} d={args.dim} K={args.interests} "
           f"(active capsules {int(active.sum())}) history={args.history} top_n={args.top_n}")
     for label, kwargs in (("MIND top-n, history kept", {}), ("MIND top-n, history excluded", {"exclude": exclude})):

@@ -9,14 +9,13 @@ the index is tuned on one set of capsule-like queries and measured on another.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 
 import numpy as np
 
 from model.index import build_index, exact_top_k, perturbed_queries, recall_at_k, tune_index
+from bench.pipeline import machine
 
 N_CLUSTERS = 1000
 CLUSTER_SPREAD = 0.5     # per-dimension noise around a centre of unit per-dimension scale
@@ -29,17 +28,6 @@ def clustered_catalogue(n_items: int, dim: int, n_clusters: int = N_CLUSTERS, se
     items = centres[rng.integers(0, n_clusters, n_items)]
     items += CLUSTER_SPREAD * rng.standard_normal((n_items, dim), dtype=np.float32)
     return items
-
-
-def machine() -> str:
-    """CPU count and model, for the printout."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass   # non-Linux: keep platform.processor()
-    return f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.machine()}"
 
 
 def measure(kind: str, items: np.ndarray, tune_q: np.ndarray, test_q: np.ndarray,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.pipeline import DEFAULT_CACHE, bench_bundle, machine, measure, random_histories
+from bench.pipeline import DEFAULT_CACHE, add_workload_arguments, bench_bundle, machine, measure, random_histories
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 120
@@ -131,11 +131,7 @@ def start_server(bundle: Path, port: int, env: dict[str, str], log_path: Path, k
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--interests", type=int, default=4)
-    parser.add_argument("--history", type=int, default=20)
-    parser.add_argument("--top-n", type=int, default=100)
+    add_workload_arguments(parser)
     parser.add_argument("--concurrency", default="1,4,16,32,64")
     parser.add_argument("--seconds", type=float, default=5.0, help="per concurrency level")
     parser.add_argument("--max-requests", type=int, default=20_000, help="per concurrency level")

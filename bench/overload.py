@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.load import _read_response, drive, free_port, request_bytes, start_server
-from bench.pipeline import DEFAULT_CACHE, bench_bundle, machine
+from bench.pipeline import DEFAULT_CACHE, add_workload_arguments, bench_bundle, machine
 
 TICK_S = 0.005
 KEEP_ALIVE_S = 4.0   # reuse an idle connection only this long (uvicorn's keep-alive timeout is 5 s)
@@ -153,11 +153,7 @@ async def recovery_s(port: int, request: bytes, normal_ms: float, limit_s: float
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--interests", type=int, default=4)
-    parser.add_argument("--history", type=int, default=20)
-    parser.add_argument("--top-n", type=int, default=100)
+    add_workload_arguments(parser)
     parser.add_argument("--saturation-concurrency", type=int, default=32)
     parser.add_argument("--saturation-seconds", type=float, default=5.0)
     parser.add_argument("--factor", type=float, default=3.0, help="offered load / saturation throughput")

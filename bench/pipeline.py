@@ -40,6 +40,15 @@ def machine() -> str:
     return f"nproc={os.cpu_count()} ({model}), {platform.system()} {platform.machine()}, torch {torch.__version__}, faiss {faiss.__version__}"
 
 
+def add_workload_arguments(parser, top_n: int = 100) -> None:
+    """The serving workload every benchmark shares: catalogue size, d, K, history length, top_n."""
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--interests", type=int, default=4)
+    parser.add_argument("--history", type=int, default=20, help="history length of every request (= max_len)")
+    parser.add_argument("--top-n", type=int, default=top_n)
+
+
 def _random_tower(n_items: int, dim: int, n_interests: int, max_len: int):
     """A randomly initialised MIND user tower and its item vectors (n_items, d)."""
     from model.config import ModelConfig
@@ -89,11 +98,7 @@ def measure(bundle: Bundle, batch_size: int, histories: list[list[str]], top_n: 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--interests", type=int, default=4)
-    parser.add_argument("--history", type=int, default=20, help="history length of every request (= max_len)")
-    parser.add_argument("--top-n", type=int, default=100)
+    add_workload_arguments(parser)
     parser.add_argument("--batch-sizes", default="1,8,16,32,64")
     parser.add_argument("--seconds", type=float, default=3.0, help="per batch size")
     defaults = Settings()

@@ -24,7 +24,7 @@ import numpy as np
 
 from bench.load import drive, free_port, start_server
 from bench.overload import rss_mib
-from bench.pipeline import DEFAULT_CACHE, bench_bundle, machine
+from bench.pipeline import DEFAULT_CACHE, add_workload_arguments, bench_bundle, machine
 
 
 def post(path: str, body) -> bytes:
@@ -88,11 +88,7 @@ def report(r: dict) -> None:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--interests", type=int, default=4)
-    parser.add_argument("--history", type=int, default=20)
-    parser.add_argument("--top-n", type=int, default=50)
+    add_workload_arguments(parser, top_n=50)
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=16)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 
-import faiss
 import numpy as np
 import pytest
 import torch
