@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from model.config import LOSSES, ROUTING_AXES, ModelConfig, TrainConfig
+from model.data.formats import FORMATS
 
 MODEL_DEFAULTS = ModelConfig(n_items=1)
 TRAIN_DEFAULTS = TrainConfig()
@@ -24,7 +25,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--force", action="store_true", help="replace an existing run at RUN_DIR (only once the new one is complete)")
     fmt = p.add_argument_group("input format (auto-detected unless given)")
-    fmt.add_argument("--format", dest="fmt", choices=["movielens", "recbole", "csv", "tsv", "parquet"])
+    fmt.add_argument("--format", dest="fmt", choices=sorted(FORMATS))
     fmt.add_argument("--user-col"), fmt.add_argument("--item-col"), fmt.add_argument("--time-col")
     fmt.add_argument("--sep", help="field separator of a generic CSV/TSV file")
     data = p.add_argument_group("protocol")
