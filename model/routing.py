@@ -54,7 +54,7 @@ class B2IRouting(nn.Module):
         self.dynamic_k = dynamic_k
         # The shared bilinear map S (d x d): a trained parameter.
         self.S = nn.Parameter(torch.randn(dim, dim) * dim ** -0.5)
-        # Initial routing logits b_ij ~ N(0, 1): drawn once from a seeded generator, stored with
+        # Initial routing logits b_ij ~ N(0, init_std^2): drawn once from a seeded generator, stored with
         # the model, never updated. Row t is the t-th position counted from the most recent end.
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("initial_logits", torch.randn(max_len, n_interests, generator=generator) * init_std)

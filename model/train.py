@@ -40,6 +40,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     m.add_argument("--no-dynamic-k", action="store_true", help="always use K interests")
     m.add_argument("--pow-p", type=float, default=MODEL_DEFAULTS.pow_p, help="label-aware attention power")
     m.add_argument("--hidden-dim", type=int, default=MODEL_DEFAULTS.hidden_dim)
+    m.add_argument("--routing-init-std", type=float, default=MODEL_DEFAULTS.routing_init_std,
+                   help="std of the one-time Gaussian draw of the initial routing logits (1 keeps capsules "
+                        "apart; the small default lets them collapse on ml-100k, see bench/ablation.md)")
+    m.add_argument("--output-relu", action="store_true", help="ReLU after the second H layer too (the paper's)")
     m.add_argument("--loss", choices=LOSSES, default=MODEL_DEFAULTS.loss)
     m.add_argument("--negatives", type=int, default=MODEL_DEFAULTS.n_negatives, help="shared negatives (sampled loss)")
     t = p.add_argument_group("training")
@@ -96,7 +100,8 @@ def model_config(args: argparse.Namespace, ds) -> ModelConfig:
     return ModelConfig(
         n_items=ds.n_items, embed_dim=args.embed_dim, n_interests=args.interests, max_len=args.max_len,
         routing_iters=args.routing_iters, routing_softmax=args.routing_softmax, dynamic_k=not args.no_dynamic_k,
-        pow_p=args.pow_p, hidden_dim=args.hidden_dim, loss=args.loss, n_negatives=args.negatives,
+        pow_p=args.pow_p, hidden_dim=args.hidden_dim, routing_init_std=args.routing_init_std,
+        output_relu=args.output_relu, loss=args.loss, n_negatives=args.negatives,
         profile_vocab_sizes=tuple(len(ds.user_profile_vocabs[f]) for f in ds.profile_features),
         item_side_vocab_sizes={f: len(v) for f, v in ds.item_side_vocabs.items()}, init_seed=args.seed)
 
