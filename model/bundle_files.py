@@ -7,11 +7,12 @@ is loaded by ``model.bundle`` only after ``verify_files`` has checked its sha256
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from model.jsonfile import read_json as read_json_file
 
 MANIFEST = "manifest.json"
 TOWER = "user_tower.pt"
@@ -58,16 +59,8 @@ def verify_files(path: Path, manifest: dict) -> None:
 
 
 def read_json(file: Path, expected_type: type):
-    """Parse a JSON file whose top level must be ``expected_type`` (dict or list)."""
-    try:
-        value = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise BundleError(f"{file}: missing") from err
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{file}: not valid JSON: {err}") from err
-    if not isinstance(value, expected_type):
-        raise BundleError(f"{file}: expected a JSON {expected_type.__name__}, got {type(value).__name__}")
-    return value
+    """Parse a bundle JSON file whose top level must be ``expected_type`` (dict or list)."""
+    return read_json_file(file, expected_type, BundleError)
 
 
 def read_item_vectors(file: Path) -> np.ndarray:

@@ -6,13 +6,13 @@ wrap their user tower as a capsule function (``model.protocol.MindRetriever``).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from model.jsonfile import read_json
 from model.protocol import HeldOut, MindRetriever, tower_capsule_fn
 from model.retrieval import exact_index
 
@@ -34,16 +34,8 @@ class EvalSource:
 
 
 def read_json_file(path: Path) -> dict:
-    """Parse a JSON file; a missing or malformed file is an EvaluationError naming it."""
-    if not path.is_file():
-        raise EvaluationError(f"{path}: file not found")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EvaluationError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(value, dict):
-        raise EvaluationError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
+    """Parse a JSON object file; a missing or malformed file is an EvaluationError naming it."""
+    return read_json(path, dict, EvaluationError, missing="file not found")
 
 
 def dataset_from_config(data_cfg: dict, data_override: Path | None, where: str,

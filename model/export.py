@@ -9,7 +9,6 @@ incomplete run, existing bundle without --force), 1 the written bundle failed ve
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from model.bundle import BundleError, load_bundle, prepare_histories, write_bundle
 from model.index import INDEX_KINDS, IndexTuningError, choose_kind
+from model.jsonfile import read_json
 
 RUN_FILES = ("config.json", "checkpoint.pt", "vocab.json", "popularity.json", "metrics.json")
 N_TUNE_HISTORIES = 256
@@ -44,16 +44,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def read_run_json(run_dir: Path, name: str, expected_type: type):
     """A JSON file of the run whose top level must be ``expected_type``."""
-    path = run_dir / name
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise RunError(f"{path}: missing (is {run_dir} a finished `mind train` run?)") from err
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunError(f"{path}: not valid JSON: {err}") from err
-    if not isinstance(value, expected_type):
-        raise RunError(f"{path}: expected a JSON {expected_type.__name__}")
-    return value
+    return read_json(run_dir / name, expected_type, RunError,
+                     missing=f"missing (is {run_dir} a finished `mind train` run?)")
 
 
 def run_max_len(config: dict, run_dir: Path) -> int:

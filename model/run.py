@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from model.config import ModelConfig, TrainConfig, model_config_from_dict, to_dict
+from model.jsonfile import read_json
 from model.tower import MIND
 
 CONFIG, CHECKPOINT, VOCAB, SPLIT, POPULARITY, METRICS = (
@@ -71,12 +72,7 @@ def publish(staged: Path, out_dir: Path) -> None:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise RunError(f"{path}: file not found (is {path.parent} a finished run?)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunError(f"{path}: not valid JSON ({err})") from err
+    return read_json(path, dict, RunError, missing=f"file not found (is {path.parent} a finished run?)")
 
 
 def load_run(run_dir: str | Path) -> tuple[MIND, RunInfo]:
