@@ -13,6 +13,7 @@ ratio of it. Prints the command and the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import json
 import os
@@ -129,6 +130,17 @@ def start_server(bundle: Path, port: int, env: dict[str, str], log_path: Path, k
     raise SystemExit(f"server not ready in {READY_TIMEOUT_S} s; log: {log_path}")
 
 
+@contextlib.contextmanager
+def running_server(bundle: Path, port: int, env: dict[str, str], log_path: Path, kind: str = "mind"):
+    """A ready server for the ``with`` block; SIGTERM and its exit code printed on the way out."""
+    server = start_server(bundle, port, env, log_path, kind)
+    try:
+        yield server
+    finally:
+        server.send_signal(signal.SIGTERM)
+        print(f"server exit code after SIGTERM: {server.wait(timeout=60)}")
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_workload_arguments(parser)
@@ -167,9 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = np.random.default_rng(7).integers(0, len(ids), size=(2048, args.history))
     requests = [request_bytes([ids[r] for r in row], args.top_n) for row in rows.tolist()]
     port = free_port()
-    server = start_server(bundle_path, port, dict(e.split("=", 1) for e in args.env),
-                          args.cache / f"server-{args.server}.log", args.server)
-    try:
+    with running_server(bundle_path, port, dict(e.split("=", 1) for e in args.env),
+                        args.cache / f"server-{args.server}.log", args.server):
         print(f"server: {args.server}; catalogue {args.items} x d={args.dim}, K={args.interests}, history {args.history}, "
               f"top_n {args.top_n}; server env {args.env or 'defaults'}")
         print(f"{'conc':>5} {'ok':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'vs bare':>8}  statuses")
@@ -178,9 +189,6 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f"{r['rps'] / baseline:.0%}" if baseline else "-"
             print(f"{concurrency:>5} {r['ok']:>7} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p95']:>8.2f} "
                   f"{r['p99']:>8.2f} {ratio:>8}  {r['statuses']}", flush=True)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        print(f"server exit code after SIGTERM: {server.wait(timeout=60)}")
     return 0
 
 

@@ -17,14 +17,13 @@ import asyncio
 import json
 import os
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.load import _read_response, drive, free_port, request_bytes, start_server
+from bench.load import _read_response, drive, free_port, request_bytes, running_server
 from bench.pipeline import DEFAULT_CACHE, add_workload_arguments, bench_bundle, machine
 
 TICK_S = 0.005
@@ -229,16 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = np.random.default_rng(7).integers(0, len(ids), size=(2048, args.history))
     requests = [request_bytes([ids[r] for r in row], args.top_n) for row in rows.tolist()]
     port = free_port()
-    server = start_server(bundle_path, port, env, args.cache / "overload-server.log")
-    try:
+    with running_server(bundle_path, port, env, args.cache / "overload-server.log") as server:
         rss_before = rss_mib(server.pid)
         result = asyncio.run(drill(port, server.pid, requests, args))
         alive = server.poll() is None
         time.sleep(1)
         report(result, env, rss_before, rss_mib(server.pid) if alive else float("nan"), alive)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        print(f"server exit code after SIGTERM: {server.wait(timeout=60)}")
     return 0
 
 

@@ -10,11 +10,10 @@ reported apart from what each item costs.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
-from bench.load import free_port, start_server
+from bench.load import free_port, running_server
 from bench.pipeline import DEFAULT_CACHE, bench_bundle, machine
 
 DIM, INTERESTS, MAX_LEN = 64, 4, 20
@@ -38,12 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     points = []
     for n_items in (int(n) for n in args.items.split(",")):
         bundle = bench_bundle(args.cache, n_items, DIM, INTERESTS, MAX_LEN)
-        server = start_server(bundle, free_port(), {}, args.cache / "server-memory.log")
-        try:
+        with running_server(bundle, free_port(), {}, args.cache / "server-memory.log") as server:
             rss = rss_bytes(server.pid)
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
         points.append((n_items, rss))
         print(f"{n_items:>9} {rss / 2**20:>16.1f} {n_items * DIM * 4 / 2**20:>24.1f}", flush=True)
     for (n0, r0), (n1, r1) in zip(points, points[1:]):

@@ -15,14 +15,13 @@ import asyncio
 import json
 import os
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.load import drive, free_port, start_server
+from bench.load import drive, free_port, running_server
 from bench.overload import rss_mib
 from bench.pipeline import DEFAULT_CACHE, add_workload_arguments, bench_bundle, machine
 
@@ -107,12 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ids = json.loads((bundle_path / "item_ids.json").read_text())
     requests = request_mix(ids, args.history, args.top_n)
     port = free_port()
-    server = start_server(bundle_path, port, {}, args.cache / "soak-server.log")   # request logs on, as deployed
-    try:
+    with running_server(bundle_path, port, {}, args.cache / "soak-server.log") as server:  # request logs on, as deployed
         report(soak(port, server.pid, requests, args))
-    finally:
-        server.send_signal(signal.SIGTERM)
-        print(f"server exit code after SIGTERM: {server.wait(timeout=60)}")
     return 0
 
 
