@@ -137,8 +137,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_recall_routes(app)
     add_operational_routes(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       log_requests=settings.log_requests, endpoints=ENDPOINTS)
+                       log_requests=settings.log_requests, endpoints=ENDPOINTS,
+                       shed=_shedder(app.state.service), retry_after_s=settings.retry_after_s)
     return app
+
+
+RECALL_PATHS = frozenset({"/recall", "/recall/batch"})
+
+
+def _shedder(state: ServiceState):
+    """shed(path) for the middleware: a reason when the batcher's queue is already full."""
+    def shed(path: str) -> str | None:
+        batcher = state.batcher
+        if path not in RECALL_PATHS or batcher is None or batcher.depth < state.settings.max_queue:
+            return None
+        state.metrics.rejected.labels(reason="queue_full").inc()
+        return f"overloaded: {state.settings.max_queue} requests already queued"
+    return shed
 
 
 def _add_recall_routes(app: FastAPI) -> None:

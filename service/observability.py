@@ -2,6 +2,8 @@
 a log line and its request metrics."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import json
 import logging
 import re
@@ -41,21 +43,28 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
 
 
-def _json_response(status: int, body: dict, request_id: bytes):
+def _json_response(status: int, body: dict, request_id: bytes, headers: tuple = ()):
     payload = json.dumps(body).encode()
     start = {"type": "http.response.start", "status": status,
              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                         (REQUEST_ID_HEADER, request_id)]}
+                         (REQUEST_ID_HEADER, request_id), *headers]}
     return start, {"type": "http.response.body", "body": payload}
 
 
 class RequestContextMiddleware:
-    """Pure ASGI (cheaper than BaseHTTPMiddleware on the hot path)."""
+    """Pure ASGI (cheaper than BaseHTTPMiddleware on the hot path).
+
+    ``shed(path)`` returns a reason when a request to ``path`` would only be refused anyway
+    (the queue is full): it is answered 503 + Retry-After before its body is read or
+    validated, so an overloaded service spends its CPU on the requests it can still serve.
+    """
 
     def __init__(self, app, *, metrics: ServiceMetrics, max_body_bytes: int, log_requests: bool,
-                 endpoints: frozenset[str]) -> None:
+                 endpoints: frozenset[str], shed: Callable[[str], str | None] | None = None,
+                 retry_after_s: int = 1) -> None:
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
         self.log_requests, self.endpoints = log_requests, endpoints
+        self.shed, self.retry_after = shed, str(retry_after_s).encode()
         self.log = logging.getLogger("service.request")
 
     def _request_id(self, scope) -> bytes:
@@ -86,6 +95,12 @@ class RequestContextMiddleware:
 
         self.metrics.in_progress.inc()
         try:
+            reason = self.shed(scope["path"]) if self.shed is not None else None
+            if reason is not None:
+                status[0] = 503
+                for message in _json_response(503, {"error": reason}, request_id, ((b"retry-after", self.retry_after),)):
+                    await send(message)
+                return
             replay = await self._buffered_body(scope, receive)
             if replay is None:
                 status[0] = 413
