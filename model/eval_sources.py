@@ -93,12 +93,13 @@ def row_maps(dataset_ids: Sequence[str], source_ids: Sequence[str]
 
 
 def _max_len(config: dict, where: Path) -> int:
-    """The history length a run was trained with (model config, else train config)."""
-    for section in ("model", "train"):
-        value = config.get(section, {}).get("max_len")
-        if value is not None:
-            return int(value)
-    raise EvaluationError(f"{where}: no max_len in its model or train section")
+    """The history length a run was trained with; an EvaluationError naming the file if absent."""
+    from model.run import config_max_len
+
+    value = config_max_len(config)
+    if value is None:
+        raise EvaluationError(f"{where}: no max_len in its model or train section")
+    return value
 
 
 def run_retriever(run_dir: Path, dataset_item_ids: Sequence[str], device: str) -> tuple[MindRetriever, int]:

@@ -49,12 +49,13 @@ def read_run_json(run_dir: Path, name: str, expected_type: type):
 
 
 def run_max_len(config: dict, run_dir: Path) -> int:
-    """The history length the model was trained with (model config, else train config)."""
-    for section in ("model", "train"):
-        value = config.get(section, {}).get("max_len")
-        if value is not None:
-            return int(value)
-    raise RunError(f"{run_dir / 'config.json'}: no max_len in its model or train section")
+    """The history length the model was trained with; a RunError naming config.json if absent."""
+    from model.run import config_max_len
+
+    value = config_max_len(config)
+    if value is None:
+        raise RunError(f"{run_dir / 'config.json'}: no max_len in its model or train section")
+    return value
 
 
 def tower_queries(tower: torch.jit.ScriptModule, popular_rows: np.ndarray, max_len: int,

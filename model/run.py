@@ -54,6 +54,16 @@ def write_run_files(run_dir: Path, model: MIND, train_config: TrainConfig, data_
     write_json(run_dir / METRICS, metrics)
 
 
+def config_max_len(config: dict) -> int | None:
+    """The history length a run was trained with, from its ``config.json`` (model section, else
+    train section); None when neither records it."""
+    for section in ("model", "train"):
+        value = config.get(section, {}).get("max_len")
+        if value is not None:
+            return int(value)
+    return None
+
+
 def staging_dir(out_dir: Path) -> Path:
     """A fresh temporary directory beside ``out_dir`` (same filesystem, so rename is atomic)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
