@@ -56,3 +56,53 @@ def recall_curve(ranked_rows: np.ndarray, target_rows: Sequence[np.ndarray], max
     if hits.shape[1] < max_n:
         hits = np.pad(hits, ((0, 0), (0, max_n - hits.shape[1])))
     return (np.cumsum(hits, axis=1) / n_targets[:, None]).mean(axis=0)
+
+
+def capsule_cosine(capsules: np.ndarray, active: np.ndarray) -> float | None:
+    """Mean pairwise cosine of each user's ACTIVE capsules, averaged over users with >= 2 of them.
+
+    capsules (U, K, d) float; active (U, K) bool. For a user with k >= 2 active capsules the
+    mean is over the k(k-1)/2 distinct pairs; inactive capsules never count. 1.0 means the
+    capsules are one vector (collapsed), 0.0 orthogonal. A zero capsule has cosine 0 with every
+    other. Returns None when no user has two active capsules (a K=1 model: undefined, not 1).
+    """
+    capsules = np.asarray(capsules, dtype=np.float64)
+    active = np.asarray(active, dtype=bool)
+    if capsules.ndim != 3 or active.shape != capsules.shape[:2]:
+        raise ValueError(f"capsules must be (U, K, d) and active (U, K); got {capsules.shape} and {active.shape}")
+    norms = np.linalg.norm(capsules, axis=2, keepdims=True)                   # (U, K, 1)
+    unit = np.where(norms > 0, capsules / np.where(norms > 0, norms, 1.0), 0.0)
+    unit = unit * active[..., None]                                           # inactive -> 0
+    gram = np.einsum("ukd,ujd->ukj", unit, unit)                              # (U, K, K)
+    k = active.sum(axis=1)                                                    # (U,)
+    self_terms = np.einsum("ukk->u", gram)                                    # sum of |unit|^2
+    pair_sum = (gram.sum(axis=(1, 2)) - self_terms) / 2.0                     # (U,) distinct pairs
+    users = k >= 2
+    if not users.any():
+        return None
+    return float(np.mean(pair_sum[users] / (k[users] * (k[users] - 1) / 2.0)))
+
+
+def first_active(active: np.ndarray) -> np.ndarray:
+    """(U, K) bool: only each user's lowest-numbered active capsule, as ``max_interests: 1``
+    serves (the service keeps active capsules lowest index first)."""
+    active = np.asarray(active, dtype=bool)
+    return active & (np.cumsum(active, axis=1) == 1)
+
+
+def mean_jaccard(rows_a: np.ndarray, rows_b: np.ndarray) -> float | None:
+    """Mean over users of |A ∩ B| / |A ∪ B| between two ranked lists per user.
+
+    rows_a, rows_b (U, n) int64 item rows (``-1`` = no candidate, ignored; order does not
+    matter). Users whose two lists are both empty are skipped; None when every user is.
+    """
+    rows_a, rows_b = np.asarray(rows_a, dtype=np.int64), np.asarray(rows_b, dtype=np.int64)
+    if rows_a.shape[0] != rows_b.shape[0]:
+        raise ValueError(f"{rows_a.shape[0]} and {rows_b.shape[0]} users")
+    values = []
+    for a, b in zip(rows_a, rows_b):
+        a, b = np.unique(a[a >= 0]), np.unique(b[b >= 0])
+        union = len(np.union1d(a, b))
+        if union:
+            values.append(len(np.intersect1d(a, b, assume_unique=True)) / union)
+    return float(np.mean(values)) if values else None

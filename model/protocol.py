@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from model.baselines import item_counts, item_cf_topn, popularity_topn
-from model.metrics import evaluate_rankings, recall_curve
-from model.retrieval import multi_interest_topn
+from model.metrics import capsule_cosine, evaluate_rankings, first_active, mean_jaccard, recall_curve
+from model.retrieval import exact_index, multi_interest_topn
 
 # (histories (U, L) int64 item indices, profiles (U, P) int64) -> (capsules (U, K, d) float32,
 # active (U, K) bool), in the capsule source's own index space (see MindRetriever).
@@ -26,6 +26,8 @@ CUTOFFS = (20, 50)          # the protocol's N
 CURVE_MAX_N = 100           # Recall@N plotted for N = 1..CURVE_MAX_N
 USERS_PER_TOWER_CALL = 1024
 SETTINGS = {"history_included": False, "history_excluded": True}  # name -> exclude history?
+OVERLAP_N = 50              # the one-interest overlap compares top-OVERLAP_N lists
+DIVERSITY_KEYS = ("capsule_cosine", f"one_interest_overlap@{OVERLAP_N}")
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,23 @@ def tower_capsule_fn(tower: torch.nn.Module, max_len: int, device: torch.device 
                 actives.append(active.bool().cpu().numpy())
         return np.concatenate(caps), np.concatenate(actives)
     return capsules_of
+
+
+def interest_diversity(capsules: np.ndarray, active: np.ndarray, item_vectors: np.ndarray | faiss.Index,
+                       exclude: list[np.ndarray] | None = None, n: int = OVERLAP_N) -> dict[str, float | None]:
+    """Do a model's interests differ? (mind-spec section 5; the training report calls this too.)
+
+    capsules (U, K, d) float32, active (U, K) bool, item_vectors (n_items, d) or a FAISS index
+    over them, exclude: per user rows never returned (as in `multi_interest_topn`). Returns
+    ``capsule_cosine``: mean pairwise cosine of active capsules (None for K=1: undefined), and
+    ``one_interest_overlap@n``: mean Jaccard of the top-n served with the first active interest
+    alone (``max_interests: 1``) against the full merged top-n (1.0: the other interests add nothing).
+    """
+    index = item_vectors if isinstance(item_vectors, faiss.Index) else exact_index(item_vectors)
+    merged = multi_interest_topn(capsules, active, index, n, exclude)                 # (U, n)
+    alone = multi_interest_topn(capsules, first_active(active), index, n, exclude)    # (U, n)
+    return {"capsule_cosine": capsule_cosine(capsules, active),
+            f"one_interest_overlap@{n}": mean_jaccard(alone, merged)}
 
 
 def _indices_to_space(histories: np.ndarray, mapping: np.ndarray | None) -> np.ndarray:

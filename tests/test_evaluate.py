@@ -277,3 +277,23 @@ def test_run_whose_log_changed_is_refused(tiny_run, tmp_path, capsys):
     assert main(["evaluate", "--run", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "split.json" in err and "Traceback" not in err
+
+
+def test_interest_diversity_of_distinct_and_collapsed_capsules():
+    """Orthogonal capsules over disjoint item groups: cosine 0, the first interest alone finds
+    half the merged list; one capsule repeated: cosine 1 and overlap 1."""
+    from model.protocol import interest_diversity
+
+    items = np.zeros((8, 2), np.float32)
+    items[:4, 0] = np.arange(4, 0, -1)                  # rows 0-3 along x
+    items[4:, 1] = np.arange(4, 0, -1)                  # rows 4-7 along y
+    distinct = np.array([[[1.0, 0.0], [0.0, 1.0]]], np.float32)
+    got = interest_diversity(distinct, np.ones((1, 2), bool), items, n=4)
+    assert got["capsule_cosine"] == pytest.approx(0.0)
+    # merged top-4 by score: rows 0, 4 (4.0), 1, 5 (3.0); first alone: rows 0-3 -> 2 / 6
+    assert got["one_interest_overlap@4"] == pytest.approx(2 / 6)
+    collapsed = np.array([[[1.0, 0.0], [2.0, 0.0]]], np.float32)
+    got = interest_diversity(collapsed, np.ones((1, 2), bool), items, n=4)
+    assert got == {"capsule_cosine": pytest.approx(1.0), "one_interest_overlap@4": pytest.approx(1.0)}
+    got = interest_diversity(distinct[:, :1], np.ones((1, 1), bool), items, n=4)
+    assert got["capsule_cosine"] is None and got["one_interest_overlap@4"] == 1.0

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from model.metrics import evaluate_rankings, recall_curve
+from model.metrics import capsule_cosine, evaluate_rankings, first_active, mean_jaccard, recall_curve
 
 
 def test_recall_hitrate_ndcg_hand_computed():
@@ -68,3 +68,46 @@ def test_recall_curve_is_cumulative_and_matches_recall_at_n():
     assert curve.shape == (100,) and (np.diff(curve) >= 0).all()
     m = evaluate_rankings(ranked, targets, ns=(20, 50))
     assert curve[19] == pytest.approx(m["recall@20"]) and curve[49] == pytest.approx(m["recall@50"])
+
+
+# --- do the interests differ? -------------------------------------------------------------
+
+def test_identical_capsules_have_cosine_one_and_orthogonal_zero():
+    v = np.array([0.3, -1.2, 2.0])
+    same = np.stack([v, 2 * v, 0.5 * v])[None]                   # (1, 3, 3): one direction
+    assert capsule_cosine(same, np.ones((1, 3), bool)) == pytest.approx(1.0)
+    assert capsule_cosine(np.eye(3)[None], np.ones((1, 3), bool)) == pytest.approx(0.0)
+
+
+def test_cosine_ignores_inactive_capsules_and_users_with_one():
+    caps = np.array([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]],       # active: first two (cos 1)
+                     [[1.0, 0.0], [1.0, 1.0], [9.0, 9.0]],       # active: first two (cos 1/sqrt2)
+                     [[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]]])     # one active: not counted
+    active = np.array([[1, 1, 0], [1, 1, 0], [1, 0, 0]], dtype=bool)
+    assert capsule_cosine(caps, active) == pytest.approx((1.0 + 1 / math.sqrt(2)) / 2)
+
+
+def test_cosine_is_the_mean_over_distinct_pairs():
+    caps = np.array([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])      # pairs: 1, 0, 0
+    assert capsule_cosine(caps, np.ones((1, 3), bool)) == pytest.approx(1 / 3)
+
+
+def test_cosine_of_a_single_interest_model_is_undefined():
+    caps = np.ones((4, 1, 3))
+    assert capsule_cosine(caps, np.ones((4, 1), bool)) is None
+    with pytest.raises(ValueError, match="capsules must be"):
+        capsule_cosine(np.ones((4, 3)), np.ones((4, 3), bool))
+
+
+def test_first_active_keeps_the_lowest_active_capsule():
+    active = np.array([[0, 1, 1], [1, 1, 1], [0, 0, 0]], dtype=bool)
+    np.testing.assert_array_equal(first_active(active), [[0, 1, 0], [1, 0, 0], [0, 0, 0]])
+
+
+def test_mean_jaccard_hand_computed():
+    a = np.array([[1, 2, 3, 4], [5, 6, -1, -1], [-1, -1, -1, -1]])
+    b = np.array([[4, 3, 2, 1], [6, 7, 8, -1], [-1, -1, -1, -1]])
+    # user 0: same set in another order -> 1; user 1: {6} / {5,6,7,8} -> 1/4; user 2: skipped
+    assert mean_jaccard(a, b) == pytest.approx((1.0 + 0.25) / 2)
+    assert mean_jaccard(a[2:], b[2:]) is None
+    assert mean_jaccard(np.array([[1, 2]]), np.array([[3, 4]])) == 0.0
