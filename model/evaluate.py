@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from model.eval_sources import (EvaluationError, EvalSource, bundle_source, run_source)
-from model.protocol import CUTOFFS, rank_all, score_all
+from model.protocol import CUTOFFS, diversity_all, rank_all, score_all
 from model.report import write_report
 
 K1_RUN = Path("baselines") / "k1"   # the K=1 baseline run inside a run directory
@@ -45,6 +45,7 @@ def evaluate_source(source: EvalSource) -> tuple[dict, dict]:
         "source": source.info,
         "cutoffs": list(CUTOFFS),
         "metrics": metrics,
+        "diversity": diversity_all(source.held, source.retrievers),
         "missing": source.missing,
     }
     return result, curves

@@ -144,6 +144,27 @@ def mind_topn(retriever: MindRetriever, held: HeldOut, n: int, exclude_history: 
     return _rows_to_space(ranked, retriever.dataset_of_index_row)
 
 
+def source_capsules(retriever: MindRetriever, held: HeldOut) -> tuple[np.ndarray, np.ndarray]:
+    """(U, K, d) capsules and (U, K) active mask of the held-out users from ``retriever``."""
+    histories = _indices_to_space(held.histories, retriever.index_of_dataset_row)     # (U, L)
+    profiles = retriever.encode_profiles(held.profile_values, len(histories))         # (U, P)
+    return retriever.capsule_fn(histories, profiles)
+
+
+def diversity_all(held: HeldOut, retrievers: dict[str, MindRetriever]) -> dict[str, dict[str, dict]]:
+    """setting -> MIND source -> `interest_diversity` (capsule cosine, one-interest overlap)."""
+    result: dict[str, dict[str, dict]] = {setting: {} for setting in SETTINGS}
+    for name, retriever in retrievers.items():
+        capsules, active = source_capsules(retriever, held)
+        for setting, exclude_history in SETTINGS.items():
+            exclude = None
+            if exclude_history:
+                mapped = (_rows_to_space(r, retriever.index_of_dataset_row) for r in held.history_rows())
+                exclude = [r[r >= 0] for r in mapped]
+            result[setting][name] = interest_diversity(capsules, active, retriever.index, exclude)
+    return result
+
+
 def rank_all(held: HeldOut, retrievers: dict[str, MindRetriever], n: int = CURVE_MAX_N
              ) -> dict[str, dict[str, np.ndarray]]:
     """setting -> method -> (U, n) ranked dataset rows, for MIND sources and both baselines."""

@@ -9,13 +9,27 @@ SETTING_TITLES = {
     "history_excluded": "History items excluded from the candidates",
 }
 METRIC_COLUMNS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "hitrate@20", "hitrate@50")
+DIVERSITY_COLUMNS = {"capsule_cosine": "capsule cosine", "one_interest_overlap@50": "1-interest overlap@50"}
+DIVERSITY_NOTE = ("capsule cosine: mean pairwise cosine of a user's active capsules (n/a: one capsule); "
+                  "1-interest overlap@50: mean Jaccard of the top-50 served with the first interest alone "
+                  "(`max_interests: 1`) and the merged top-50. Near 1: the interests are one vector; "
+                  "- : not a multi-interest method.")
 
 
-def metrics_table(per_method: dict[str, dict[str, float]]) -> str:
-    """Markdown table: one row per method, one column per metric (4 decimals)."""
-    head = "| method | " + " | ".join(METRIC_COLUMNS) + " |"
-    rule = "| --- |" + " ---: |" * len(METRIC_COLUMNS)
-    rows = [f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in METRIC_COLUMNS) + " |"
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def metrics_table(per_method: dict[str, dict[str, float]],
+                  diversity: dict[str, dict[str, float | None]] | None = None) -> str:
+    """Markdown table: one row per method, one column per metric (4 decimals), and the two
+    diversity numbers for the methods in ``diversity`` (``n/a`` where undefined, ``-`` if absent)."""
+    extra = tuple(DIVERSITY_COLUMNS) if diversity else ()
+    head = "| method | " + " | ".join([*METRIC_COLUMNS, *(DIVERSITY_COLUMNS[c] for c in extra)]) + " |"
+    rule = "| --- |" + " ---: |" * (len(METRIC_COLUMNS) + len(extra))
+    rows = [f"| {name} | " + " | ".join([*(f"{m[c]:.4f}" for c in METRIC_COLUMNS),
+                                         *(_cell(diversity[name][c]) if name in diversity else "-"
+                                           for c in extra)]) + " |"
             for name, m in per_method.items()]
     return "\n".join([head, rule, *rows])
 
@@ -37,8 +51,12 @@ def render_markdown(result: dict, command: str, plot_note: str) -> str:
         lines.append(f"- MIND Recall@50 recorded by training for this split: {recorded['recall@50']:.4f}; "
                      f"this evaluation: {result['metrics']['history_included']['MIND']['recall@50']:.4f}")
     lines += [f"- {name}: not evaluated ({why})" for name, why in result.get("missing", {}).items()]
+    diversity = result.get("diversity") or {}
+    if diversity:
+        lines.append(f"- {DIVERSITY_NOTE}")
     for setting, per_method in result["metrics"].items():
-        lines += ["", f"## {SETTING_TITLES.get(setting, setting)}", "", metrics_table(per_method)]
+        lines += ["", f"## {SETTING_TITLES.get(setting, setting)}", "",
+                  metrics_table(per_method, diversity.get(setting))]
     lines += ["", "## Recall@N, N = 1..100", "", plot_note, ""]
     return "\n".join(lines)
 

@@ -171,6 +171,8 @@ def test_bundle_evaluation_matches_the_direct_protocol(tmp_path, capsys):
     assert main(["evaluate", "--bundle", str(bundle), "--out", str(tmp_path / "eval")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["metrics"]["history_included"]) == {"MIND", "item-CF", "popularity"}
+    assert set(result["diversity"]["history_excluded"]) == {"MIND"}
+    assert result["diversity"]["history_excluded"]["MIND"]["capsule_cosine"] is not None
 
     held = held_out_users(ds, "test", 8)
     age_vocab = {a: i for i, a in enumerate(ages) if i}
@@ -237,6 +239,19 @@ def test_run_evaluation_end_to_end(tiny_run, capsys):
     for setting, exclude in (("history_included", False), ("history_excluded", True)):
         trainer_view = retrieval_metrics(model, cases, torch.device("cpu"), exclude_history=exclude)
         assert result["metrics"][setting]["MIND"] == pytest.approx(trainer_view, abs=1e-6)
+    # Diversity beside the metrics: MIND's cosine is that of the trainer's capsules; K=1 has no pair.
+    from model.fit import user_interests
+    from model.metrics import capsule_cosine
+
+    capsules, active = user_interests(model, cases.histories, cases.profiles, torch.device("cpu"))
+    for setting in ("history_included", "history_excluded"):
+        diversity = result["diversity"][setting]
+        assert set(diversity) == {"MIND", "MIND K=1"}
+        assert diversity["MIND"]["capsule_cosine"] == pytest.approx(capsule_cosine(capsules, active), abs=1e-5)
+        assert 0.0 <= diversity["MIND"]["one_interest_overlap@50"] <= 1.0
+        assert diversity["MIND K=1"] == {"capsule_cosine": None, "one_interest_overlap@50": 1.0}
+    report = (run_dir / "eval" / "report.md").read_text()
+    assert report.count("| MIND K=1 |") == 2 and "| n/a | 1.0000 |" in report
 
 
 def test_run_without_k1_baseline_says_it_is_missing(tiny_run, tmp_path, capsys):
