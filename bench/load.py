@@ -161,7 +161,7 @@ def _pipeline_baseline(bundle_path: Path, args) -> float:
     from service.pipeline import configure_compute
     from service.settings import Settings
     settings = Settings(**{k.removeprefix("MIND_").lower(): v for k, v in (e.split("=", 1) for e in args.env)})
-    configure_compute(settings.torch_threads, settings.faiss_threads, settings.faiss_blas_threshold)
+    configure_compute(settings)
     bundle = load_bundle(bundle_path)
     histories = random_histories(bundle, 4096, args.history)
     best = max(measure(bundle, size, histories, args.top_n, args.pipeline_seconds)["rps"] for size in (16, 32))

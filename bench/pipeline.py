@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"command: python -m bench.pipeline {shlex.join(argv if argv is not None else sys.argv[1:])}")
     print(f"machine: {machine()}")
-    configure_compute(args.torch_threads, args.faiss_threads, args.faiss_blas_threshold)
+    configure_compute(Settings(torch_threads=args.torch_threads, faiss_threads=args.faiss_threads,
+                               faiss_blas_threshold=args.faiss_blas_threshold))
     bundle = load_bundle(bench_bundle(args.cache, args.items, args.dim, args.interests, args.history))
     histories = random_histories(bundle, 4096, args.history)
     print(f"catalogue {args.items} x d={args.dim}, K={args.interests}, history {args.history}, top_n {args.top_n}, "

@@ -1,8 +1,9 @@
-"""The FastAPI application: thin routes over ServiceState (bundle, batcher, metrics).
+"""The FastAPI application: thin routes over ServiceState.
 
-Routes only translate HTTP to calls: validate -> ``to_query`` -> batcher -> serialised answer.
-Answers are built as dicts and serialised once (orjson); ``response_model`` keeps
-the OpenAPI contract without validating every answer on the hot path.
+One way through: route (validate, ``to_query``) -> ``ServiceState.recall`` -> batcher ->
+worker thread ``ServiceState.run_batch`` -> pipeline -> retrieval. Answers are built as dicts
+and serialised once (orjson); ``response_model`` keeps the OpenAPI contract without
+validating every answer on the hot path.
 """
 from __future__ import annotations
 
@@ -20,55 +21,17 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.bundle import BundleError
-from service.batcher import Batcher, DeadlineError, QueueFullError
 from service.metrics import ServiceMetrics
 from service.observability import RequestContextMiddleware
 from service.operations import add_operational_routes
-from service.pipeline import RecallQuery, recall_batch
-from service.queries import LimitError, to_query
-from service.schemas import ErrorResponse, RecallRequest, RecallResponse
+from service.schemas import ErrorResponse, LimitError, RecallRequest, RecallResponse, to_query
 from service.settings import Settings
-from service.state import ServiceState, get_state
+from service.state import ServiceState, Unavailable, get_state
 
 log = logging.getLogger("service.app")
 ENDPOINTS = frozenset({"/recall", "/recall/batch", "/healthz", "/readyz", "/version", "/metrics", "/admin/reload"})
+RECALL_PATHS = frozenset({"/recall", "/recall/batch"})
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 422, 503)}
-
-
-def _unavailable(state: ServiceState, reason: str) -> HTTPException:
-    return HTTPException(503, reason, headers={"Retry-After": str(state.settings.retry_after_s)})
-
-
-def _run_batch(state: ServiceState, queries: list[RecallQuery]) -> list[dict]:
-    """Worker-thread body of one batch, on the bundle current when the batch starts."""
-    answers, times = recall_batch(state.bundle, queries, state.options)
-    state.metrics.batch_size.observe(len(queries))
-    for stage in ("tower", "search", "merge"):
-        state.metrics.stage_seconds.labels(stage=stage).observe(getattr(times, f"{stage}_s"))
-    return answers
-
-
-def _observe_batch(state: ServiceState, size: int, waits_s: list[float]) -> None:
-    queue_stage = state.metrics.stage_seconds.labels(stage="queue")
-    for wait in waits_s:
-        queue_stage.observe(wait)
-
-
-async def answer(state: ServiceState, query: RecallQuery, started: float) -> dict:
-    """Queue one query and wait for its answer; 503 on a full queue or a passed deadline."""
-    if state.served is None:
-        raise _unavailable(state, f"not ready: {state.not_ready_reason}")
-    remaining_s = state.settings.request_timeout_ms / 1000 - (time.perf_counter() - started)
-    try:
-        result = await state.batcher.submit(query, remaining_s)
-    except QueueFullError as err:
-        state.metrics.rejected.labels(reason="queue_full").inc()
-        raise _unavailable(state, f"overloaded: {err}") from None
-    except DeadlineError as err:
-        state.metrics.rejected.labels(reason="deadline").inc()
-        raise _unavailable(state, f"request deadline passed: {err}") from None
-    state.metrics.observe_answer(result)
-    return dict(result, took_ms=round((time.perf_counter() - started) * 1000, 3))
 
 
 def _json(body) -> Response:
@@ -81,13 +44,7 @@ def _json(body) -> Response:
 async def lifespan(app: FastAPI):
     state: ServiceState = app.state.service
     settings = state.settings
-    state.configure_compute()
-    state.batcher = Batcher(lambda queries: _run_batch(state, queries), max_batch_size=settings.max_batch_size,
-                            wait_s=settings.batch_wait_ms / 1000, max_queue=settings.max_queue,
-                            on_batch=lambda size, waits: _observe_batch(state, size, waits),
-                            thread_init=state.configure_compute)
-    state.metrics.queue_depth.set_function(lambda: state.batcher.depth)
-    state.batcher.start()
+    state.start()
     if settings.bundle is not None:
         with contextlib.suppress(BundleError):  # logged, counted; /readyz says why
             await state.load(settings.bundle)
@@ -98,13 +55,13 @@ async def lifespan(app: FastAPI):
     watcher = None
     if settings.watch_interval_s > 0 and state.root is not None:
         watcher = asyncio.get_running_loop().create_task(state.watch(settings.watch_interval_s))
-    elif state.served is None:
+    elif state.bundle is None:
         log.error("not ready and not watching: set MIND_WATCH_INTERVAL_S or POST /admin/reload",
                   extra={"reason": state.not_ready_reason})
     yield
     if watcher is not None:
         watcher.cancel()
-    await state.batcher.drain_and_stop()
+    await state.stop()
     log.info("drained and stopped")
 
 
@@ -142,18 +99,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-RECALL_PATHS = frozenset({"/recall", "/recall/batch"})
-
-
 def _shedder(state: ServiceState):
-    """shed(path) for the middleware: a reason when the batcher's queue is already full."""
+    """shed(path) for the middleware: why a recall request must be refused before its body
+    is read (queue full, or predicted wait over the latency objective), else None."""
     def shed(path: str) -> str | None:
-        batcher = state.batcher
-        if path not in RECALL_PATHS or batcher is None or batcher.depth < state.settings.max_queue:
-            return None
-        state.metrics.rejected.labels(reason="queue_full").inc()
-        return f"overloaded: {state.settings.max_queue} requests already queued"
+        refused = state.refusal() if path in RECALL_PATHS else None
+        return None if refused is None else f"overloaded: {refused}"
     return shed
+
+
+async def _answer(state: ServiceState, queries, started: float):
+    try:
+        return await asyncio.gather(*(state.recall(query, started) for query in queries))
+    except Unavailable as err:
+        raise HTTPException(503, str(err), headers={"Retry-After": str(state.settings.retry_after_s)}) from None
 
 
 def _add_recall_routes(app: FastAPI) -> None:
@@ -166,7 +125,8 @@ def _add_recall_routes(app: FastAPI) -> None:
             query = to_query(body, state.settings, state.bundle)
         except LimitError as err:
             raise HTTPException(422, str(err)) from None
-        return _json(await answer(state, query, started))
+        (answer,) = await _answer(state, [query], started)
+        return _json(answer)
 
     @app.post("/recall/batch", response_model=list[RecallResponse], responses=ERRORS)
     async def recall_many(body: list[RecallRequest], state: ServiceState = Depends(get_state)):
@@ -178,4 +138,4 @@ def _add_recall_routes(app: FastAPI) -> None:
             queries = [to_query(r, state.settings, state.bundle, f"[{i}].") for i, r in enumerate(body)]
         except LimitError as err:
             raise HTTPException(422, str(err)) from None
-        return _json(list(await asyncio.gather(*(answer(state, q, started) for q in queries))))
+        return _json(await _answer(state, queries, started))

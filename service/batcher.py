@@ -1,9 +1,15 @@
-"""Dynamic batching: gather concurrent requests for a few ms, run them as one batch off the loop.
+"""Adaptive batching: a request reaching an idle worker runs at once; requests that arrive
+while a batch runs queue up and form the next batch, so batches grow only with the load.
 
-Requests wait in a bounded asyncio queue; one collector task takes up to ``max_batch_size``
-of them (waiting ``wait_s`` for more when the previous batch had company) and hands the batch to ONE dedicated
-worker thread, so torch and FAISS never run on the event loop and never run two batches at
-once (which would oversubscribe the cores). While a batch runs, the next one accumulates.
+Requests wait in a bounded asyncio queue; one collector task takes everything waiting (up to
+``max_batch_size``) and hands it to ONE dedicated worker thread, so torch and FAISS never run
+on the event loop and never run two batches at once (which would oversubscribe the cores).
+``wait_s`` > 0 adds a window for company after a batch that had company (off by default:
+measured, it only added latency; see bench/README.md, "Serving").
+
+Admission: a new request is refused (503 + Retry-After) when the queue is full, or when the
+wait predicted from the measured service time and its queue position exceeds the latency
+objective, so the requests that are accepted meet it.
 """
 from __future__ import annotations
 
@@ -14,10 +20,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 log = logging.getLogger("service.batcher")
+SMOOTHING = 0.3                      # weight of the newest batch in the running averages
 
 
 class QueueFullError(Exception):
-    """The bounded queue is full: the caller should answer 503 with Retry-After."""
+    """Refused at arrival, before any work: the caller should answer 503 with Retry-After.
+    ``reason`` labels the rejection metric: ``queue_full`` or ``latency_objective``."""
+
+    def __init__(self, message: str, reason: str = "queue_full") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class DeadlineError(Exception):
@@ -28,7 +40,6 @@ class DeadlineError(Exception):
 class _Job:
     payload: Any
     deadline: float                  # loop.time() after which the answer is useless
-    enqueued: float                  # loop.time() at submit
     future: asyncio.Future
 
 
@@ -40,31 +51,35 @@ def _fail(job: _Job, error: Exception) -> None:
         job.future.exception()
 
 
+def _smooth(average: float, value: float) -> float:
+    return (1 - SMOOTHING) * average + SMOOTHING * value if average else value
+
+
 class Batcher:
     """``run_batch(payloads) -> results`` (same length, in order) executed in one thread.
 
-    ``on_batch(size, queue_wait_s_list)`` is called on the loop after each batch, for metrics.
+    ``objective_s`` > 0 refuses arrivals whose predicted wait exceeds it (0: queue bound only).
     """
 
     def __init__(self, run_batch: Callable[[list], list], *, max_batch_size: int, wait_s: float,
-                 max_queue: int, on_batch: Callable[[int, list[float]], None] | None = None,
+                 max_queue: int, objective_s: float = 0.0,
                  thread_init: Callable[[], None] | None = None) -> None:
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._wait_s = wait_s
+        self._objective_s = objective_s
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
-        self._on_batch = on_batch
         # thread_init runs in the worker thread itself: OpenMP thread counts are per thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recall-worker",
                                             initializer=thread_init)
         self._task: asyncio.Task | None = None
-        self._busy = False               # a batch is running on the worker thread
+        self._running_since: float | None = None   # loop.time() the running batch started
         self._last_size = 0              # requests in the previous batch
-        # Running average of a batch's run time (s). A job whose deadline falls before a batch
-        # would finish is refused rather than computed: past saturation, a FIFO queue otherwise
-        # hands the worker only jobs about to expire, which time out during their batch (work
-        # done, 503 sent: accepted throughput fell to ~10% of saturation in bench/overload.py).
+        # Running averages of a batch's run time and of its run time per request (s). A job
+        # whose deadline falls before a batch would finish is refused rather than computed:
+        # past saturation a FIFO queue otherwise hands the worker only jobs about to expire.
         self._batch_s = 0.0
+        self._per_request_s = 0.0
 
     @property
     def depth(self) -> int:
@@ -73,24 +88,41 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._collect(), name="batcher")
 
+    def predicted_wait_s(self, position: int) -> float:
+        """Seconds until a request with ``position`` requests queued ahead of it is answered:
+        what is left of the running batch plus the queue at the measured per-request time."""
+        left = 0.0
+        if self._running_since is not None:
+            left = max(0.0, self._batch_s - (asyncio.get_running_loop().time() - self._running_since))
+        return left + (position + 1) * self._per_request_s
+
+    def refusal(self) -> QueueFullError | None:
+        """Why a request arriving now would be refused, or None. An idle worker with an empty
+        queue never refuses: shedding can only shorten queueing, and there is none."""
+        depth = self._queue.qsize()
+        if depth >= self._queue.maxsize:
+            return QueueFullError(f"{self._queue.maxsize} requests already queued")
+        if self._objective_s <= 0 or (depth == 0 and self._running_since is None):
+            return None
+        wait = self.predicted_wait_s(depth)
+        if wait <= self._objective_s:
+            return None
+        return QueueFullError(f"predicted wait {wait * 1000:.0f} ms exceeds the latency objective "
+                              f"{self._objective_s * 1000:.0f} ms", reason="latency_objective")
+
     async def submit(self, payload: Any, timeout_s: float) -> Any:
         """Queue ``payload`` and wait for its result; raises QueueFullError or DeadlineError."""
+        refused = self.refusal()
+        if refused is not None:
+            raise refused
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        job = _Job(payload, now + timeout_s, now, loop.create_future())
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
-            raise QueueFullError(f"{self._queue.maxsize} requests already queued") from None
+        job = _Job(payload, loop.time() + timeout_s, loop.create_future())
+        self._queue.put_nowait(job)
         try:
             async with asyncio.timeout(timeout_s):
                 return await asyncio.shield(job.future)
         except TimeoutError:
             raise DeadlineError(f"no answer within {timeout_s * 1000:.0f} ms") from None
-
-    def run_sync(self, fn: Callable[[], Any]) -> "asyncio.Future":
-        """Run ``fn`` on the worker thread (e.g. a warm-up), serialised with batches."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def _take_waiting(self, batch: list[_Job]) -> None:
         while len(batch) < self._max_batch_size and not self._queue.empty():
@@ -98,7 +130,7 @@ class Batcher:
 
     async def _next_batch(self) -> list[_Job]:
         # One sleep rather than wait_for(queue.get()): a get cancelled by a timeout can lose
-        # its item on Python < 3.12. The wait is only worth it under concurrency: while the
+        # its item on Python < 3.12. A window is only worth it under concurrency: while the
         # previous batch held a single request, waiting would only add latency.
         batch = [await self._queue.get()]
         self._take_waiting(batch)
@@ -108,20 +140,22 @@ class Batcher:
         self._last_size = len(batch)
         return batch
 
+    def _live(self, batch: list[_Job], now: float) -> list[_Job]:
+        """The jobs of ``batch`` still worth computing; the others are refused."""
+        live = [job for job in batch if job.deadline > now + self._batch_s and not job.future.done()]
+        for job in batch:
+            if job not in live:
+                _fail(job, DeadlineError("deadline passed (or would, within a batch) while queued"))
+        return live
+
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
-            now = loop.time()
-            live = [job for job in batch if job.deadline > now + self._batch_s and not job.future.done()]
-            for job in batch:
-                if job not in live:
-                    _fail(job, DeadlineError("deadline passed (or would, within a batch) while queued"))
+            live = self._live(batch, loop.time())
             if not live:
                 continue
-            waits = [now - job.enqueued for job in live]
-            self._busy = True
-            started = loop.time()
+            self._running_since = started = loop.time()
             try:
                 results = await loop.run_in_executor(self._executor, self._run_batch,
                                                      [job.payload for job in live])
@@ -129,22 +163,21 @@ class Batcher:
                 log.exception("batch of %d failed", len(live))
                 results = [err] * len(live)
             finally:
-                self._busy = False
+                self._running_since = None
                 took = loop.time() - started
-                self._batch_s = 0.7 * self._batch_s + 0.3 * took if self._batch_s else took
+                self._batch_s = _smooth(self._batch_s, took)
+                self._per_request_s = _smooth(self._per_request_s, took / len(live))
             for job, result in zip(live, results):
                 if isinstance(result, Exception):
                     _fail(job, result)
                 elif not job.future.done():
                     job.future.set_result(result)
-            if self._on_batch is not None:
-                self._on_batch(len(live), waits)
 
     async def drain_and_stop(self, timeout_s: float = 30.0) -> None:
         """Answer everything queued, then stop the collector and the worker thread."""
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout_s
-        while (self._queue.qsize() or self._busy) and loop.time() < until:
+        while (self._queue.qsize() or self._running_since is not None) and loop.time() < until:
             await asyncio.sleep(0.005)
         if self._task is not None:
             self._task.cancel()

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from model.bundle import BundleError
 from service.schemas import ErrorResponse, ReloadRequest, ReloadResponse
-from service.state import ReloadPathError, ServiceState, get_state
+from service.state import ReloadPathError, ServiceState, get_state, reload_target
 
 VERSION_KEYS = ("model_version", "created_at", "format_version", "n_items", "dim", "n_interests", "max_len",
                 "profile_features", "index", "hyperparameters", "metrics")
@@ -57,7 +57,7 @@ def add_operational_routes(app: FastAPI) -> None:
     async def reload(body: ReloadRequest | None = None, state: ServiceState = Depends(get_state)):
         previous = state.bundle
         try:
-            target = state.reload_target(body.path if body else None)
+            target = reload_target(state.root, body.path if body else None)
             bundle = await state.load(target)
         except ReloadPathError as err:
             raise HTTPException(400, str(err)) from None

@@ -21,12 +21,12 @@ from service.settings import Settings
 PADDING = 0  # tower item index of an empty history slot
 
 
-def configure_compute(torch_threads: int, faiss_threads: int, faiss_blas_threshold: int) -> None:
+def configure_compute(settings: Settings) -> None:
     """Thread counts of torch (process-wide) and FAISS (OpenMP: for the CALLING thread, so
     call it in the thread that searches), and when FAISS switches to BLAS (process-wide)."""
-    torch.set_num_threads(torch_threads)
-    faiss.omp_set_num_threads(faiss_threads)
-    faiss.cvar.distance_compute_blas_threshold = faiss_blas_threshold
+    torch.set_num_threads(settings.torch_threads)
+    faiss.omp_set_num_threads(settings.faiss_threads)
+    faiss.cvar.distance_compute_blas_threshold = settings.faiss_blas_threshold
 
 
 @dataclass(frozen=True)

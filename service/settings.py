@@ -48,9 +48,12 @@ class Settings(BaseSettings):
 
     # Batching and backpressure
     max_batch_size: int = Field(64, ge=1, description="most requests the batcher runs through tower + FAISS at once")
-    batch_wait_ms: float = Field(2.0, ge=0, description="how long the batcher waits to fill a batch")
+    batch_wait_ms: float = Field(0.0, ge=0, description="extra window for company after a batch that had some (0: batches form "
+                                 "only from requests that queued while the worker was busy)")
     max_queue: int = Field(512, ge=1, description="queued requests before 503 + Retry-After")
     request_timeout_ms: float = Field(1000.0, gt=0, description="deadline from arrival; past it the answer is 503")
+    latency_objective_ms: float = Field(100.0, ge=0, description="refuse (503 + Retry-After) a request whose predicted wait, "
+                                        "from the measured service time and its queue position, exceeds this (0 = queue bound only)")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of 503 answers")
 
     # Compute

@@ -1,15 +1,20 @@
-"""The served bundle: loaded, verified, warmed up, and swapped atomically on reload.
+"""The service's state and its one path to an answer: settings, metrics, the batcher, and the
+served bundle, loaded, verified, warmed up and swapped atomically on reload.
 
-``ServiceState`` is the app-state holder handed to routes as a dependency. A reload loads
-and warms the new bundle in a side thread while the old one keeps answering, then replaces
-one reference; a batch already running keeps the bundle it started with.
+``ServiceState`` is handed to routes as a dependency. ``recall`` queues a query on the
+batcher; the batcher's worker thread calls ``run_batch``, which runs the pipeline on the
+bundle current when the batch starts and records every batch and answer metric. A reload
+loads and warms the new bundle in a side thread while the old one keeps answering, then
+replaces one reference; a batch already running keeps the bundle it started with.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
-from dataclasses import dataclass, replace
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +22,7 @@ import torch
 from starlette.requests import Request
 
 from model.bundle import MANIFEST, Bundle, BundleError, latest_bundle, load_bundle
+from service.batcher import Batcher, DeadlineError, QueueFullError
 from service.metrics import ServiceMetrics
 from service.pipeline import RecallQuery, RetrievalOptions, configure_compute, recall_batch
 from service.settings import Settings
@@ -24,15 +30,15 @@ from service.settings import Settings
 log = logging.getLogger("service.state")
 WARMUP_BATCH_SIZE = 8
 WARMUP_HISTORY_LEN = 20
+STAGES = ("tower", "search", "merge")
+
+
+class Unavailable(Exception):
+    """The service cannot answer now (not ready, overloaded, deadline): 503 + Retry-After."""
 
 
 class ReloadPathError(ValueError):
     """A reload path outside the bundle root, or no bundle root configured."""
-
-
-@dataclass(frozen=True)
-class Served:
-    bundle: Bundle
 
 
 def resolve_device(device: str) -> str:
@@ -91,27 +97,68 @@ class ServiceState:
         self.options = RetrievalOptions.from_settings(settings)
         self.device = resolve_device(settings.device)
         self.root = bundle_root_of(settings)
-        self.served: Served | None = None
+        self.bundle: Bundle | None = None
         self.not_ready_reason = "no bundle loaded yet"
-        self.batcher = None                  # set by the app at startup
+        self.batcher: Batcher | None = None      # created by start(), on the running loop
         self._reload_lock = asyncio.Lock()
+        self._configure_compute = functools.partial(configure_compute, settings)
 
-    @property
-    def bundle(self) -> Bundle | None:
-        served = self.served
-        return served.bundle if served is not None else None
+    def start(self) -> None:
+        """Start the batcher and its worker thread (on the running event loop)."""
+        settings = self.settings
+        self._configure_compute()
+        self.batcher = Batcher(self.run_batch, max_batch_size=settings.max_batch_size,
+                               wait_s=settings.batch_wait_ms / 1000, max_queue=settings.max_queue,
+                               objective_s=settings.latency_objective_ms / 1000,
+                               thread_init=self._configure_compute)
+        self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        self.batcher.start()
 
-    def reload_target(self, requested: str | None) -> Path:
-        """Where a reload request points: under the bundle root (default: the root's newest)."""
-        return reload_target(self.root, requested)
+    async def stop(self) -> None:
+        """Answer everything queued, then stop the worker."""
+        await self.batcher.drain_and_stop()
 
-    def configure_compute(self) -> None:
-        """torch/FAISS thread counts and BLAS threshold for the calling thread (FAISS OpenMP
-        settings are per thread: call it in every thread that searches)."""
-        configure_compute(self.settings.torch_threads, self.settings.faiss_threads, self.settings.faiss_blas_threshold)
+    def refusal(self) -> QueueFullError | None:
+        """Why a recall request arriving now would be refused (counted), or None; the
+        middleware asks before reading the body."""
+        refused = self.batcher.refusal() if self.batcher is not None else None
+        if refused is not None:
+            self.metrics.rejected.labels(reason=refused.reason).inc()
+        return refused
+
+    async def recall(self, query: RecallQuery, started: float) -> dict:
+        """Queue one query and wait for its answer (``started``: arrival, perf_counter).
+        Raises Unavailable when not ready, overloaded, or past the request deadline."""
+        if self.bundle is None:
+            raise Unavailable(f"not ready: {self.not_ready_reason}")
+        remaining_s = self.settings.request_timeout_ms / 1000 - (time.perf_counter() - started)
+        try:
+            answer = await self.batcher.submit((query, time.perf_counter()), remaining_s)
+        except QueueFullError as err:
+            self.metrics.rejected.labels(reason=err.reason).inc()
+            raise Unavailable(f"overloaded: {err}") from None
+        except DeadlineError as err:
+            self.metrics.rejected.labels(reason="deadline").inc()
+            raise Unavailable(f"request deadline passed: {err}") from None
+        return dict(answer, took_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    def run_batch(self, jobs: list[tuple[RecallQuery, float]]) -> list[dict]:
+        """The worker thread's body: one batch on the bundle current when it starts, and all
+        its metrics (queue wait per request, batch size, stage times, answer counts)."""
+        metrics, started = self.metrics, time.perf_counter()
+        queue_stage = metrics.stage_seconds.labels(stage="queue")
+        for _, queued in jobs:
+            queue_stage.observe(started - queued)
+        answers, times = recall_batch(self.bundle, [query for query, _ in jobs], self.options)
+        metrics.batch_size.observe(len(jobs))
+        for stage in STAGES:
+            metrics.stage_seconds.labels(stage=stage).observe(getattr(times, f"{stage}_s"))
+        for answer in answers:
+            metrics.observe_answer(answer)
+        return answers
 
     def _load_and_warm(self, path: Path) -> Bundle:
-        self.configure_compute()   # this side thread warms up with the serving thread counts
+        self._configure_compute()   # this side thread warms up with the serving thread counts
         bundle = load_bundle(path, device=self.device)
         # A private copy of the memory-mapped item vectors (n_items x d x 4 bytes): with the map,
         # an in-place write to the served item_vectors.npy changed live scores (a truncation
@@ -133,7 +180,7 @@ class ServiceState:
                 if previous is None:
                     self.not_ready_reason = f"bundle not loaded: {err}"
                 raise BundleError(str(err)) from err
-            self.served = Served(bundle)
+            self.bundle = bundle
             # The new bundle lives until the next reload: keep it out of the cyclic GC (see
             # app.lifespan). The old one is still freed by reference counting (no cycles).
             gc.freeze()
@@ -152,7 +199,7 @@ class ServiceState:
             try:
                 newest = latest_bundle(self.root)
             except BundleError as err:
-                self.not_ready_reason = self.not_ready_reason if self.served else f"waiting for a bundle: {err}"
+                self.not_ready_reason = self.not_ready_reason if self.bundle else f"waiting for a bundle: {err}"
                 continue
             current = self.bundle
             newest = newest.resolve()

@@ -49,7 +49,9 @@ def test_reload_under_load_then_sigterm_drains(tmp_path):
     server = start_server(root, port, log_path, {"MIND_ADMIN_TOKEN": TOKEN, "MIND_WARMUP_BATCHES": "1",
                                                  # a long batch window keeps requests in flight at SIGTERM
                                                  "MIND_BATCH_WAIT_MS": str(BATCH_WAIT_MS),
-                                                 "MIND_REQUEST_TIMEOUT_MS": "20000"})
+                                                 "MIND_REQUEST_TIMEOUT_MS": "20000",
+                                                 # held requests must not be shed on predicted wait
+                                                 "MIND_LATENCY_OBJECTIVE_MS": "0"})
     base = f"http://127.0.0.1:{port}"
     try:
         stop, seen = threading.Event(), []

@@ -3,12 +3,15 @@ before its body is read or validated, so overload costs the service as little CP
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
+import time
 
+import pytest
 from service.app import _shedder
+from service.batcher import Batcher, QueueFullError
 from service.metrics import ServiceMetrics
 from service.observability import RequestContextMiddleware
 from service.settings import Settings
+from service.state import ServiceState
 
 
 def call(middleware, path: str, body: bytes = b'{"history": ["1"]}'):
@@ -37,8 +40,10 @@ async def inner_app(scope, receive, send):
 
 def make(depth: int, max_queue: int = 4):
     metrics = ServiceMetrics()
-    state = SimpleNamespace(batcher=SimpleNamespace(depth=depth), settings=Settings(max_queue=max_queue),
-                            metrics=metrics)
+    state = ServiceState(Settings(max_queue=max_queue), metrics)
+    state.batcher = Batcher(lambda payloads: payloads, max_batch_size=1, wait_s=0, max_queue=max_queue)
+    for _ in range(min(depth, max_queue)):       # requests waiting in the queue
+        state.batcher._queue.put_nowait(None)
     middleware = RequestContextMiddleware(inner_app, metrics=metrics, max_body_bytes=1 << 20, log_requests=False,
                                           endpoints=frozenset({"/recall"}), shed=_shedder(state), retry_after_s=3)
     return middleware, metrics
@@ -62,3 +67,30 @@ def test_room_in_the_queue_and_other_paths_are_not_shed():
     full, _ = make(depth=10)
     assert call(full, "/healthz")[0] == 200
     assert rejected(metrics) == 0
+
+
+def test_predicted_wait_over_the_objective_is_refused_but_an_idle_worker_always_answers():
+    """Batches take 0.2 s and the objective is 0.1 s: a request arriving while one runs would
+    wait ~0.4 s, so it is refused at once (reason latency_objective); a request reaching the
+    idle worker is answered even though its own 0.2 s exceeds the objective."""
+    seen = []
+
+    def slow(payloads):
+        seen.extend(payloads)
+        time.sleep(0.2)
+        return payloads
+
+    async def main():
+        batcher = Batcher(slow, max_batch_size=8, wait_s=0, max_queue=100, objective_s=0.1)
+        batcher.start()
+        assert await batcher.submit("first", 5) == "first"      # idle: admitted, teaches 0.2 s
+        running = asyncio.ensure_future(batcher.submit("second", 5))
+        await asyncio.sleep(0.02)
+        with pytest.raises(QueueFullError, match="exceeds the latency objective 100 ms") as refused:
+            await batcher.submit("late", 5)
+        assert refused.value.reason == "latency_objective"
+        assert await running == "second"
+        assert batcher.refusal() is None and await batcher.submit("idle again", 5) == "idle again"
+        await batcher.drain_and_stop()
+    asyncio.run(main())
+    assert seen == ["first", "second", "idle again"]
