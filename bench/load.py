@@ -150,9 +150,16 @@ def parse_args(argv):
     parser.add_argument("--pipeline-seconds", type=float, default=3.0, help="0 skips the in-process baseline")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="server environment")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--server", choices=sorted(SERVERS), default="mind",
-                        help="mind = `mind serve`; plain = bench/plain_server.py, the unbatched FastAPI baseline")
-    return parser.parse_args(argv)
+    parser.add_argument("--server", default="mind",
+                        help="comma list of servers measured interleaved, level by level, in one sitting: mind = "
+                             "`mind serve`; plain = bench/plain_server.py, the unbatched FastAPI baseline; "
+                             "mind+KEY=VALUE[+...] = mind with extra environment (e.g. mind+MIND_BATCH_WAIT_MS=2)")
+    args = parser.parse_args(argv)
+    args.servers = [spec.strip() for spec in args.server.split(",")]
+    for spec in args.servers:
+        if spec.split("+")[0] not in SERVERS:
+            parser.error(f"--server {spec!r}: the name must be one of {sorted(SERVERS)}")
+    return args
 
 
 def _pipeline_baseline(bundle_path: Path, args) -> float:
@@ -169,26 +176,63 @@ def _pipeline_baseline(bundle_path: Path, args) -> float:
     return best
 
 
+def _row(name: str, r: dict, baseline: float | None) -> str:
+    ratio = f"{r['rps'] / baseline:.0%}" if baseline else "-"
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{name:<24} {r['concurrency']:>5} {r['ok']:>7} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p95']:>8.2f} "
+            f"{r['p99']:>8.2f} {ratio:>8}  {load:>14}  {r['statuses']}")
+
+
+def compare(results: dict[str, list[dict]], baseline: float | None, p99_ms: float = 50.0) -> None:
+    """Each non-plain server against the plain one: the issue-11 targets."""
+    plain = results.get("plain")
+    for name, rows in results.items():
+        if name == "plain" or plain is None:
+            continue
+        at = {r["concurrency"]: r for r in rows}
+        base = {r["concurrency"]: r for r in plain}
+        best = max((r["rps"] for r in rows if r["p99"] <= p99_ms), default=0.0)
+        best_plain = max((r["rps"] for r in plain if r["p99"] <= p99_ms), default=0.0)
+        print(f"{name} vs plain:")
+        if 1 in at and 1 in base:
+            print(f"  concurrency 1 p50: {at[1]['p50']:.2f} vs {base[1]['p50']:.2f} ms (target <=)")
+        if 2 in at and 2 in base:
+            print(f"  concurrency 2 req/s: {at[2]['rps']:.1f} vs {base[2]['rps']:.1f} (target >=)")
+        print(f"  best req/s at p99 <= {p99_ms:.0f} ms: {best:.1f} vs {best_plain:.1f} = "
+              f"{best / max(best_plain, 1e-9):.2f}x (target >= 3x)")
+        if baseline:
+            print(f"  best HTTP req/s / bare pipeline: {max(r['rps'] for r in rows) / baseline:.0%} (target >= 70%)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"command: python -m bench.load {shlex.join(argv if argv is not None else sys.argv[1:])}")
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; load average at start {os.getloadavg()}")
     bundle_path = bench_bundle(args.cache, args.items, args.dim, args.interests, args.history)
     baseline = _pipeline_baseline(bundle_path, args) if args.pipeline_seconds > 0 else None
     ids = json.loads((bundle_path / "item_ids.json").read_text())
     rows = np.random.default_rng(7).integers(0, len(ids), size=(2048, args.history))
     requests = [request_bytes([ids[r] for r in row], args.top_n) for row in rows.tolist()]
-    port = free_port()
-    with running_server(bundle_path, port, dict(e.split("=", 1) for e in args.env),
-                        args.cache / f"server-{args.server}.log", args.server):
-        print(f"server: {args.server}; catalogue {args.items} x d={args.dim}, K={args.interests}, history {args.history}, "
-              f"top_n {args.top_n}; server env {args.env or 'defaults'}")
-        print(f"{'conc':>5} {'ok':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'vs bare':>8}  statuses")
+    env = dict(e.split("=", 1) for e in args.env)
+    print(f"catalogue {args.items} x d={args.dim}, K={args.interests}, history {args.history}, "
+          f"top_n {args.top_n}; server env {args.env or 'defaults'}; client: bench/load.py (asyncio keep-alive, "
+          f"another process)")
+    results: dict[str, list[dict]] = {spec: [] for spec in args.servers}
+    with contextlib.ExitStack() as stack:
+        ports = {}
+        for spec in args.servers:
+            name, *extra = spec.split("+")
+            ports[spec] = free_port()
+            stack.enter_context(running_server(bundle_path, ports[spec], dict(env, **dict(e.split("=", 1) for e in extra)),
+                                               args.cache / f"server-{ports[spec]}.log", name))
+        print(f"{'server':<24} {'conc':>5} {'ok':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+              f"{'vs bare':>8}  {'load avg':>14}  statuses")
         for concurrency in (int(c) for c in args.concurrency.split(",")):
-            r = run_client(drive(port, requests, concurrency, args.seconds, args.max_requests))
-            ratio = f"{r['rps'] / baseline:.0%}" if baseline else "-"
-            print(f"{concurrency:>5} {r['ok']:>7} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p95']:>8.2f} "
-                  f"{r['p99']:>8.2f} {ratio:>8}  {r['statuses']}", flush=True)
+            for spec in args.servers:          # interleaved: every server sees the same machine load
+                r = run_client(drive(ports[spec], requests, concurrency, args.seconds, args.max_requests))
+                results[spec].append(r)
+                print(_row(spec, r, baseline if not spec.startswith("plain") else None), flush=True)
+    compare(results, baseline)
     return 0
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
 log = logging.getLogger("service.batcher")
-SMOOTHING = 0.3                      # weight of the newest batch in the running averages
+SMOOTHING = 0.3                      # weight of the newest batch in the running batch time
+RATE_WINDOW = 32                     # batches over which the per-request service time is measured
 
 
 class QueueFullError(Exception):
@@ -75,11 +77,13 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._running_since: float | None = None   # loop.time() the running batch started
         self._last_size = 0              # requests in the previous batch
-        # Running averages of a batch's run time and of its run time per request (s). A job
-        # whose deadline falls before a batch would finish is refused rather than computed:
-        # past saturation a FIFO queue otherwise hands the worker only jobs about to expire.
+        # Running average of a batch's run time (s). A job whose deadline falls before a batch
+        # would finish is refused rather than computed: past saturation a FIFO queue otherwise
+        # hands the worker only jobs about to expire.
         self._batch_s = 0.0
-        self._per_request_s = 0.0
+        # (run time, requests) of the last batches: the service time per request is their
+        # ratio of sums, so one batch slowed by a neighbour's job does not swing admission.
+        self._recent: deque[tuple[float, int]] = deque(maxlen=RATE_WINDOW)
 
     @property
     def depth(self) -> int:
@@ -94,7 +98,8 @@ class Batcher:
         left = 0.0
         if self._running_since is not None:
             left = max(0.0, self._batch_s - (asyncio.get_running_loop().time() - self._running_since))
-        return left + (position + 1) * self._per_request_s
+        busy_s, served = map(sum, zip(*self._recent)) if self._recent else (0.0, 1)
+        return left + (position + 1) * busy_s / served
 
     def refusal(self) -> QueueFullError | None:
         """Why a request arriving now would be refused, or None. An idle worker with an empty
@@ -166,7 +171,7 @@ class Batcher:
                 self._running_since = None
                 took = loop.time() - started
                 self._batch_s = _smooth(self._batch_s, took)
-                self._per_request_s = _smooth(self._per_request_s, took / len(live))
+                self._recent.append((took, len(live)))
             for job, result in zip(live, results):
                 if isinstance(result, Exception):
                     _fail(job, result)

@@ -46,11 +46,27 @@ class RetrievalOptions:
     merge_policy: str = "score"        # "score" | "round_robin"
     overfetch: int = 8                 # extra candidates per capsule
     explain_items: int = 3             # history items per interest in explanations
-    tower_chunk: int = 8               # rows per tower call (fixed shape: determinism)
+    tower_shapes: tuple[int, ...] = (1, 2, 4, 8)   # allowed rows per tower call, ascending
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "RetrievalOptions":
-        return cls(settings.merge_policy, settings.overfetch, settings.explain_items, settings.tower_chunk)
+        return cls(settings.merge_policy, settings.overfetch, settings.explain_items,
+                   bucket_shapes(settings.tower_chunk))
+
+
+def bucket_shapes(max_rows: int) -> tuple[int, ...]:
+    """Tower call sizes: the powers of two below ``max_rows``, and ``max_rows``."""
+    return tuple(1 << i for i in range(max_rows.bit_length()) if 1 << i < max_rows) + (max_rows,)
+
+
+def call_sizes(n_rows: int, shapes: tuple[int, ...]) -> list[int]:
+    """Split ``n_rows`` into tower calls of allowed ``shapes``: full calls of the largest,
+    then the smallest shape that holds the rest (padded)."""
+    largest = shapes[-1]
+    sizes = [largest] * (n_rows // largest)
+    if n_rows % largest:
+        sizes.append(next(s for s in shapes if s >= n_rows % largest))
+    return sizes
 
 
 @dataclass
@@ -93,25 +109,29 @@ def encode_queries(bundle: Bundle, queries: list[RecallQuery]) -> EncodedBatch:
     return EncodedBatch(history, profile, unknown, excluded)
 
 
-def run_tower(bundle: Bundle, history: np.ndarray, profile: np.ndarray, chunk: int):
+def run_tower(bundle: Bundle, history: np.ndarray, profile: np.ndarray, shapes: tuple[int, ...]):
     """history (B, L) int64, profile (B, P) int64 -> capsules (B, K, d) float32,
     active (B, K) bool, weights (B, K, L) float32, as numpy on the CPU.
 
-    The tower runs on fixed-shape chunks of ``chunk`` rows (the last one padded with copies
-    of row 0): GEMM kernels choose their blocking by shape, so a user's capsules would
-    otherwise change in the last bits with the number of batch-mates.
+    The tower runs in calls of the allowed ``shapes`` only (see :func:`call_sizes`; the last
+    call padded with copies of row 0), so a lone request costs a 1-row call and a batch of 64
+    one 64-row call. GEMM kernels may choose their blocking by shape; the shapes a bundle
+    serves with are the ones its tower gives bit-identical rows on (state.tower_shapes), so a
+    user's capsules never depend on its batch-mates.
     """
     n_rows = len(history)
-    pad = -n_rows % chunk
+    sizes = call_sizes(n_rows, shapes)
+    pad = sum(sizes) - n_rows
     if pad:
         history = np.concatenate([history, np.repeat(history[:1], pad, axis=0)])
         profile = np.concatenate([profile, np.repeat(profile[:1], pad, axis=0)])
-    parts = []
+    parts, start = [], 0
     with torch.inference_mode():
-        for start in range(0, len(history), chunk):
-            outputs = bundle.tower(torch.from_numpy(history[start:start + chunk]).to(bundle.device),
-                                   torch.from_numpy(profile[start:start + chunk]).to(bundle.device))
+        for size in sizes:
+            outputs = bundle.tower(torch.from_numpy(history[start:start + size]).to(bundle.device),
+                                   torch.from_numpy(profile[start:start + size]).to(bundle.device))
             parts.append([o.cpu() for o in outputs])
+            start += size
     capsules, active, weights = (torch.cat(column)[:n_rows] for column in zip(*parts))
     return capsules.float().numpy(), active.numpy().astype(bool), weights.float().numpy()
 
@@ -185,7 +205,7 @@ def recall_batch(bundle: Bundle, queries: list[RecallQuery],
     warm = np.flatnonzero((batch.history != PADDING).any(axis=1))               # requests with history
     answers: list[dict | None] = [None] * len(queries)
     if len(warm):
-        capsules, active, weights = run_tower(bundle, batch.history[warm], batch.profile[warm], options.tower_chunk)
+        capsules, active, weights = run_tower(bundle, batch.history[warm], batch.profile[warm], options.tower_shapes)
         limits = np.array([queries[b].max_interests or bundle.n_interests for b in warm], dtype=np.int64)
         active = cap_interests(active, limits)
         tower_done = time.perf_counter()

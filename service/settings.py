@@ -62,8 +62,8 @@ class Settings(BaseSettings):
                                description="OpenMP threads of the FAISS search; default leaves one core to the event loop")
     faiss_blas_threshold: int = Field(1, ge=1, description="FAISS flat search uses one BLAS matrix product from this many queries "
                                       "per call (FAISS's own default, 128000, never does at serving sizes: ~5x slower per query)")
-    tower_chunk: int = Field(8, ge=1, description="requests per tower call; fixed-shape calls keep a user's capsules "
-                             "bit-identical whatever its batch-mates")
+    tower_chunk: int = Field(64, ge=1, description="most requests per tower call on CPU (CUDA: whole batches); calls are "
+                             "padded to a power of two, shapes the tower is checked to give bit-identical rows on at load")
     merge_policy: Literal["score", "round_robin"] = Field("score", description="how capsule lists merge: best score first, or interests taking turns")
     overfetch: int = Field(8, ge=0, description="extra candidates per capsule beyond top_n + exclusions")
     warmup_batches: int = Field(3, ge=0, description="dummy batches run on a bundle before it serves (start and reload)")

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from model.bundle import MANIFEST, Bundle, BundleError, latest_bundle, load_bundle
 from service.batcher import Batcher, DeadlineError, QueueFullError
 from service.metrics import ServiceMetrics
-from service.pipeline import RecallQuery, RetrievalOptions, configure_compute, recall_batch
+from service.pipeline import RecallQuery, RetrievalOptions, bucket_shapes, configure_compute, recall_batch, run_tower
 from service.settings import Settings
 
 log = logging.getLogger("service.state")
@@ -88,14 +88,37 @@ def warm_up(bundle: Bundle, options: RetrievalOptions, n_batches: int) -> None:
             raise BundleError(f"{bundle.path}: warm-up recall returned no items")
 
 
+def batch_invariant_shapes(bundle: Bundle, shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """``shapes`` when the tower gives every row bit-identical outputs at each of them (a
+    random batch of the largest shape against its prefixes), else only the largest shape,
+    padded to: a user's answer must never depend on its batch-mates."""
+    rng = np.random.default_rng(0)
+    n = shapes[-1]
+    history = rng.integers(1, len(bundle.item_ids) + 1, size=(n, bundle.max_len))
+    history[rng.random(n) < 0.5, : bundle.max_len // 2] = 0                   # some short histories
+    profile = np.zeros((n, len(bundle.profile_features)), dtype=np.int64)
+    for p, feature in enumerate(bundle.profile_features):
+        profile[:, p] = rng.integers(0, len(bundle.profile_vocab[feature]) or 1, n)
+    full = run_tower(bundle, history, profile, (n,))
+    for size in shapes[:-1]:
+        part = run_tower(bundle, history[:size], profile[:size], (size,))
+        if not all(np.array_equal(got, want[:size]) for got, want in zip(part, full)):
+            log.warning("tower rows change with the call shape: fixed %d-row calls", n,
+                        extra={"bundle": str(bundle.path), "shape": size})
+            return (n,)
+    return shapes
+
+
 class ServiceState:
     """What the routes need: settings, metrics, the batcher, and the current bundle."""
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.options = RetrievalOptions.from_settings(settings)
         self.device = resolve_device(settings.device)
+        # On CUDA the tower runs whole batches; on CPU at most MIND_TOWER_CHUNK rows a call.
+        max_rows = max(settings.tower_chunk, settings.max_batch_size) if self.device == "cuda" else settings.tower_chunk
+        self.options = replace(RetrievalOptions.from_settings(settings), tower_shapes=bucket_shapes(max_rows))
         self.root = bundle_root_of(settings)
         self.bundle: Bundle | None = None
         self.not_ready_reason = "no bundle loaded yet"
@@ -157,15 +180,16 @@ class ServiceState:
             metrics.observe_answer(answer)
         return answers
 
-    def _load_and_warm(self, path: Path) -> Bundle:
+    def _load_and_warm(self, path: Path) -> tuple[Bundle, RetrievalOptions]:
         self._configure_compute()   # this side thread warms up with the serving thread counts
         bundle = load_bundle(path, device=self.device)
         # A private copy of the memory-mapped item vectors (n_items x d x 4 bytes): with the map,
         # an in-place write to the served item_vectors.npy changed live scores (a truncation
         # would SIGBUS the process). Found by tests/test_faults.py.
         bundle = replace(bundle, item_vectors=np.array(bundle.item_vectors))
-        warm_up(bundle, self.options, self.settings.warmup_batches)
-        return bundle
+        options = replace(self.options, tower_shapes=batch_invariant_shapes(bundle, self.options.tower_shapes))
+        warm_up(bundle, options, self.settings.warmup_batches)
+        return bundle, options
 
     async def load(self, path: Path) -> Bundle:
         """Load, verify and warm ``path`` (a bundle or a root) off the loop, then swap it in.
@@ -173,13 +197,14 @@ class ServiceState:
         async with self._reload_lock:
             previous = self.bundle
             try:
-                bundle = await asyncio.to_thread(self._load_and_warm, path)
+                bundle, options = await asyncio.to_thread(self._load_and_warm, path)
             except (BundleError, RuntimeError, ValueError, OSError) as err:
                 self.metrics.reloads.labels(result="failure").inc()
                 log.error("bundle refused", extra={"bundle": str(path), "error": str(err)})
                 if previous is None:
                     self.not_ready_reason = f"bundle not loaded: {err}"
                 raise BundleError(str(err)) from err
+            self.options = options     # tower shapes of this bundle; harmless to a running batch
             self.bundle = bundle
             # The new bundle lives until the next reload: keep it out of the cyclic GC (see
             # app.lifespan). The old one is still freed by reference counting (no cycles).
