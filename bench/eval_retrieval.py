@@ -1,5 +1,5 @@
 """Offline evaluation retrieval: users/s of `multi_interest_topn` (one batched exact FAISS search
-for all active capsules, merge, de-duplication, history exclusion) and of the item-CF baseline.
+for all active capsules, pair-by-pair scores, merge, de-duplication, history exclusion) and of the item-CF baseline.
 
     nice -n 10 .venv/bin/python -m bench.eval_retrieval [--users 5000] [--items 100000] [--dim 64]
         [--interests 4] [--history 20] [--top-n 100]
@@ -14,7 +14,8 @@ import time
 import numpy as np
 
 from model.baselines import item_cf_topn
-from model.retrieval import exact_index, multi_interest_topn
+from model.index import flat_index
+from model.retrieval import multi_interest_topn
 from bench.pipeline import add_workload_arguments, machine
 
 
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     active[:, 0] = True
     histories = rng.integers(1, args.items + 1, size=(args.users, args.history))  # (U, L) indices
     exclude = [h - 1 for h in histories]
-    index = exact_index(items)
+    index = flat_index(items)
 
     print(f"command: {shlex.join([sys.executable, '-m', 'bench.eval_retrieval', *sys.argv[1:]])}")
     print(f"machine: {machine()}")
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
           f"(active capsules {int(active.sum())}) history={args.history} top_n={args.top_n}")
     for label, kwargs in (("MIND top-n, history kept", {}), ("MIND top-n, history excluded", {"exclude": exclude})):
         start = time.perf_counter()
-        multi_interest_topn(capsules, active, index, args.top_n, **kwargs)
+        multi_interest_topn(capsules, active, items, args.top_n, index=index, **kwargs)
         took_s = time.perf_counter() - start
         print(f"{label:32s} {took_s:7.2f} s  {args.users / took_s:9.0f} users/s")
     train = [rng.integers(1, args.items + 1, size=rng.integers(5, 60)) for _ in range(4 * args.users)]

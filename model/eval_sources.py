@@ -14,7 +14,6 @@ import numpy as np
 
 from model.jsonfile import read_json
 from model.protocol import HeldOut, MindRetriever, tower_capsule_fn
-from model.retrieval import exact_index
 
 SPLIT_USERS = {"test": "test_users", "validation": "val_users"}
 HISTORY_FRACTION = 0.8
@@ -122,7 +121,7 @@ def run_retriever(run_dir: Path, dataset_item_ids: Sequence[str], device: str) -
     profile_vocab = {f: {v: i for i, v in enumerate(values) if i > 0}
                      for f, values in vocab.get("user_profile", {}).items()}
     max_len = _max_len(config, run_dir / "config.json")
-    retriever = MindRetriever(tower_capsule_fn(model.user_tower(), max_len, device), exact_index(vectors),
+    retriever = MindRetriever(tower_capsule_fn(model.user_tower(), max_len, device), vectors,
                               to_source, to_dataset, tuple(profile_vocab), profile_vocab)
     return retriever, max_len
 
@@ -163,8 +162,8 @@ def bundle_source(bundle_dir: Path, split: str, data_override: Path | None, devi
     ds = dataset_from_config(data_cfg, data_override, str(bundle.path / "manifest.json"))
     held = held_out_users(ds, split, bundle.max_len)
     to_source, to_dataset = row_maps(ds.items.tokens[1:], bundle.item_ids)
-    retriever = MindRetriever(tower_capsule_fn(bundle.tower, bundle.max_len, device), bundle.index,
-                              to_source, to_dataset, bundle.profile_features, bundle.profile_vocab)
+    retriever = MindRetriever(tower_capsule_fn(bundle.tower, bundle.max_len, device), bundle.item_vectors,
+                              to_source, to_dataset, bundle.profile_features, bundle.profile_vocab, bundle.index)
     info = {"kind": "bundle", "path": str(bundle.path), "model_version": bundle.model_version,
             "data": str(data_override or data_cfg.get("source")), "split": split,
             "n_users": len(held.histories), "n_items": held.n_items, "max_len": bundle.max_len,

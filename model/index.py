@@ -47,6 +47,14 @@ def default_nlist(n_items: int) -> int:
     return max(1, min(int(4 * math.sqrt(n_items)), n_items // 39))
 
 
+def flat_index(item_vectors: np.ndarray) -> faiss.IndexFlatIP:
+    """Exact inner-product index over ``item_vectors`` (n, d) float32; ids are rows."""
+    vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)  # (n, d)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    return index
+
+
 def build_index(item_vectors: np.ndarray, kind: str | None = None, *, hnsw_m: int = HNSW_M,
                 ef_construction: int = HNSW_EF_CONSTRUCTION, nlist: int | None = None,
                 seed: int = 0) -> tuple[faiss.Index, str]:
@@ -58,8 +66,8 @@ def build_index(item_vectors: np.ndarray, kind: str | None = None, *, hnsw_m: in
     n_items, dim = vectors.shape
     kind = kind or choose_kind(n_items)
     if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
+        return flat_index(vectors), kind
+    if kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
     elif kind == "ivf":
@@ -123,9 +131,7 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
 
 def exact_top_k(item_vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact inner-product top-k rows (Q, k) int64 of ``queries`` (Q, d) over (n, d) items."""
-    flat = faiss.IndexFlatIP(item_vectors.shape[1])
-    flat.add(np.ascontiguousarray(item_vectors, dtype=np.float32))
-    return flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+    return flat_index(item_vectors).search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
 
 
 def tune_index(index: faiss.Index, item_vectors: np.ndarray, queries: np.ndarray,

@@ -16,7 +16,8 @@ import torch
 
 from model.baselines import item_counts, item_cf_topn, popularity_topn
 from model.metrics import capsule_cosine, evaluate_rankings, first_active, mean_jaccard, recall_curve
-from model.retrieval import exact_index, multi_interest_topn
+from model.index import flat_index
+from model.retrieval import multi_interest_topn
 
 # (histories (U, L) int64 item indices, profiles (U, P) int64) -> (capsules (U, K, d) float32,
 # active (U, K) bool), in the capsule source's own index space (see MindRetriever).
@@ -52,9 +53,10 @@ class HeldOut:
 
 @dataclass(frozen=True)
 class MindRetriever:
-    """A capsule source plus the item index its capsules search.
+    """A capsule source plus the item vectors its capsules search.
 
-    ``index`` holds item vectors (n_index, d) or a FAISS index over them. When the source
+    ``item_vectors`` (n_index, d) float32, row r = the source's item index r + 1; ``index`` a
+    FAISS index over them (ids = rows; None = a flat one built per ranking). When the source
     numbers items differently from the dataset (a bundle), ``index_of_dataset_row`` (n_items,)
     maps dataset rows to index rows (-1 = absent) and ``dataset_of_index_row`` (n_index,) maps
     back; ``None`` means identical numbering. ``capsule_fn`` receives histories already in the
@@ -62,11 +64,12 @@ class MindRetriever:
     ``profile_vocab`` (feature -> value -> index, 0 = unknown) in ``profile_features`` order.
     """
     capsule_fn: CapsuleFn
-    index: np.ndarray | faiss.Index
+    item_vectors: np.ndarray
     index_of_dataset_row: np.ndarray | None = None
     dataset_of_index_row: np.ndarray | None = None
     profile_features: tuple[str, ...] = ()
     profile_vocab: dict[str, dict[str, int]] = field(default_factory=dict)
+    index: faiss.Index | None = None
 
     def encode_profiles(self, profile_values: dict[str, np.ndarray], n_users: int) -> np.ndarray:
         """(U, P) int64 tower input; a feature absent from the data is all unknown (0)."""
@@ -96,19 +99,20 @@ def tower_capsule_fn(tower: torch.nn.Module, max_len: int, device: torch.device 
     return capsules_of
 
 
-def interest_diversity(capsules: np.ndarray, active: np.ndarray, item_vectors: np.ndarray | faiss.Index,
-                       exclude: list[np.ndarray] | None = None, n: int = OVERLAP_N) -> dict[str, float | None]:
+def interest_diversity(capsules: np.ndarray, active: np.ndarray, item_vectors: np.ndarray,
+                       exclude: list[np.ndarray] | None = None, n: int = OVERLAP_N,
+                       index: faiss.Index | None = None) -> dict[str, float | None]:
     """Do a model's interests differ? (mind-spec section 5; the training report calls this too.)
 
-    capsules (U, K, d) float32, active (U, K) bool, item_vectors (n_items, d) or a FAISS index
-    over them, exclude: per user rows never returned (as in `multi_interest_topn`). Returns
+    capsules (U, K, d) float32, active (U, K) bool, item_vectors (n_items, d), index: a FAISS
+    index over them (None: flat), exclude: per user rows never returned (as in `multi_interest_topn`). Returns
     ``capsule_cosine``: mean pairwise cosine of active capsules (None for K=1: undefined), and
     ``one_interest_overlap@n``: mean Jaccard of the top-n served with the first active interest
     alone (``max_interests: 1``) against the full merged top-n (1.0: the other interests add nothing).
     """
-    index = item_vectors if isinstance(item_vectors, faiss.Index) else exact_index(item_vectors)
-    merged = multi_interest_topn(capsules, active, index, n, exclude)                 # (U, n)
-    alone = multi_interest_topn(capsules, first_active(active), index, n, exclude)    # (U, n)
+    index = flat_index(item_vectors) if index is None else index
+    merged = multi_interest_topn(capsules, active, item_vectors, n, exclude, index=index)                 # (U, n)
+    alone = multi_interest_topn(capsules, first_active(active), item_vectors, n, exclude, index=index)    # (U, n)
     return {"capsule_cosine": capsule_cosine(capsules, active),
             f"one_interest_overlap@{n}": mean_jaccard(alone, merged)}
 
@@ -140,7 +144,8 @@ def mind_topn(retriever: MindRetriever, held: HeldOut, n: int, exclude_history: 
     if exclude_history:
         mapped = (_rows_to_space(r, retriever.index_of_dataset_row) for r in held.history_rows())
         exclude = [r[r >= 0] for r in mapped]
-    ranked = multi_interest_topn(capsules, active, retriever.index, n, exclude)        # (U, n) source rows
+    ranked = multi_interest_topn(capsules, active, retriever.item_vectors, n, exclude,
+                                 index=retriever.index)                              # (U, n) source rows
     return _rows_to_space(ranked, retriever.dataset_of_index_row)
 
 
@@ -161,7 +166,8 @@ def diversity_all(held: HeldOut, retrievers: dict[str, MindRetriever]) -> dict[s
             if exclude_history:
                 mapped = (_rows_to_space(r, retriever.index_of_dataset_row) for r in held.history_rows())
                 exclude = [r[r >= 0] for r in mapped]
-            result[setting][name] = interest_diversity(capsules, active, retriever.index, exclude)
+            result[setting][name] = interest_diversity(capsules, active, retriever.item_vectors, exclude,
+                                                       index=retriever.index)
     return result
 
 

@@ -14,8 +14,8 @@ import faiss
 import numpy as np
 import torch
 
+from model import retrieval
 from model.bundle import Bundle
-from service import retrieval
 from service.settings import Settings
 
 PADDING = 0  # tower item index of an empty history slot
@@ -142,30 +142,14 @@ def cap_interests(active: np.ndarray, max_interests: np.ndarray) -> np.ndarray:
     return active & (np.cumsum(active, axis=1) <= max_interests[:, None])
 
 
-def search_capsules(bundle: Bundle, capsules: np.ndarray, active: np.ndarray, k: int):
-    """ONE FAISS call for every active capsule of the batch, then exact re-scoring.
+def top_routing_positions(weights: np.ndarray, real: np.ndarray, n: int) -> np.ndarray:
+    """History positions carrying most routing weight per interest.
 
-    capsules (B, K, d), active (B, K) -> scores (B, K*k) float32 (-inf = empty),
-    rows (B, K*k) int64 (-1 = empty), interest (B, K*k) int64 (capsule of each slot).
-    """
-    n_requests, n_interests, _ = capsules.shape
-    queries = np.ascontiguousarray(capsules[active], dtype=np.float32)         # (Q, d)
-    rows = np.full((n_requests, n_interests, k), retrieval.EMPTY_ROW, dtype=np.int64)
-    scores = np.full((n_requests, n_interests, k), -np.inf, dtype=np.float32)
-    if len(queries):
-        _, found = bundle.index.search(queries, k)                              # (Q, k)
-        rows[active] = found
-        scores[active] = retrieval.exact_scores(queries, bundle.item_vectors, found)
-    interest = np.broadcast_to(np.arange(n_interests)[None, :, None], rows.shape)
-    flat = (n_requests, n_interests * k)
-    return scores.reshape(flat), rows.reshape(flat), np.ascontiguousarray(interest).reshape(flat)
-
-
-def merge_candidates(scores, rows, interest, excluded: list[np.ndarray], n: int, policy: str):
-    """Drop excluded rows, de-duplicate, keep the best ``n`` per request -> (rows, scores, interest)."""
-    drop = retrieval.exclusion_mask(rows, excluded)
-    merge = retrieval.merge_round_robin if policy == "round_robin" else retrieval.merge_by_score
-    return merge(scores, rows, interest, n, drop)
+    weights (K, L) float32, real (L,) bool (not padding) -> (K, <= n) int64 positions, heaviest
+    first, ties by the more recent position."""
+    masked = np.where(real[None, :], weights, -np.inf)
+    recency = np.broadcast_to(-np.arange(weights.shape[1]), weights.shape)
+    return np.lexsort((recency, -masked), axis=-1)[:, : min(n, int(real.sum()))]
 
 
 def explain_interests(bundle: Bundle, history: np.ndarray, weights: np.ndarray,
@@ -173,15 +157,22 @@ def explain_interests(bundle: Bundle, history: np.ndarray, weights: np.ndarray,
     """For one request: per used interest, the history items with most routing weight.
     history (L,) int64, weights (K, L), active (K,) bool."""
     real = history != PADDING
-    positions = retrieval.top_routing_positions(weights, real, n)               # (K, <= n)
+    positions = top_routing_positions(weights, real, n)                         # (K, <= n)
     return [{"interest": int(k),
              "items": [{"item_id": bundle.item_ids[history[p] - 1], "weight": float(weights[k, p])}
                        for p in positions[k]]}
             for k in np.flatnonzero(active)]
 
 
+def cold_start_rows(popularity: np.ndarray, n: int, excluded: np.ndarray) -> np.ndarray:
+    """The answer without history: the ``n`` most popular rows (popularity (n_items,) int64,
+    most popular first) that are not in ``excluded`` -> (<= n,) int64."""
+    head = popularity[: n + excluded.size]
+    return head[~np.isin(head, excluded)][:n]
+
+
 def _cold_start_answer(bundle: Bundle, query: RecallQuery, excluded: np.ndarray) -> dict:
-    rows = retrieval.popular_rows(bundle.popular_rows, query.top_n, excluded)
+    rows = cold_start_rows(bundle.popular_rows, query.top_n, excluded)
     items = [{"item_id": bundle.item_ids[r], "score": None, "interest": None} for r in rows.tolist()]
     return {"items": items, "interests": 0, "cold_start": True}
 
@@ -213,12 +204,12 @@ def recall_batch(bundle: Bundle, queries: list[RecallQuery],
         n_items = len(bundle.item_ids)
         k = max(retrieval.fetch_size(queries[b].top_n, len(batch.excluded[b]), options.overfetch, n_items)
                 for b in warm)
-        scores, rows, interest = search_capsules(bundle, capsules, active, k)
+        scores, rows = retrieval.search(bundle.index, bundle.item_vectors, capsules, active, k)  # (B, K, k)
         search_done = time.perf_counter()
         times.search_s = search_done - tower_done
         top_n = max(queries[b].top_n for b in warm)
-        rows, scores, interest = merge_candidates(scores, rows, interest,
-                                                  [batch.excluded[b] for b in warm], top_n, options.merge_policy)
+        rows, scores, interest = retrieval.merge(scores, rows, [batch.excluded[b] for b in warm], top_n,
+                                                 options.merge_policy)
         for i, b in enumerate(warm):
             answers[b] = _ranked_answer(bundle, rows[i], scores[i], interest[i],
                                         int(active[i].sum()), queries[b].top_n)

@@ -1,10 +1,13 @@
-"""multi_interest_topn against a brute-force numpy reference."""
+"""The retrieval engine (model/retrieval.py) against brute-force references and hand-computed
+cases: search, exclusion, every merge policy, the fetch size bound, the batch path."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from model.retrieval import exact_index, merge_by_score, multi_interest_topn
+from model import retrieval
+from model.index import flat_index
+from model.retrieval import merge_by_score, multi_interest_topn
 
 
 def brute_force_topn(capsules, active, item_vectors, n, exclude=None):
@@ -84,7 +87,7 @@ def test_exclusions_never_returned_and_list_stays_full():
 
 def test_faiss_index_argument_equals_array_argument():
     _, capsules, active, items = random_problem(6)
-    np.testing.assert_array_equal(multi_interest_topn(capsules, active, exact_index(items), 25),
+    np.testing.assert_array_equal(multi_interest_topn(capsules, active, items, 25, index=flat_index(items)),
                                   multi_interest_topn(capsules, active, items, 25))
 
 
@@ -106,9 +109,153 @@ def test_merge_by_score_hand_example():
     scores = np.array([[0.9, 0.1, 0.5, 0.8, 0.95]], dtype=np.float32)
     rows = np.array([[3, 7, 1, 7, -1]])
     # row -1 is "no candidate"; row 7 keeps its best score 0.8
-    np.testing.assert_array_equal(merge_by_score(scores, rows, n=4), [[3, 7, 1, -1]])
+    no_drop, one_interest = np.zeros(rows.shape, bool), np.zeros(rows.shape, np.int64)
+    np.testing.assert_array_equal(merge_by_score(scores, rows, one_interest, 4, no_drop)[0], [[3, 7, 1, -1]])
 
 
 def test_shape_errors_are_clear():
     with pytest.raises(ValueError, match="capsules must be"):
         multi_interest_topn(np.zeros((2, 3), np.float32), np.ones((2, 3), bool), np.zeros((4, 3), np.float32), 2)
+
+
+# --- the bound of fetch_size: exact merge with top_n + |excluded| candidates per interest ----
+
+def pairwise_brute_force(capsules, active, items, n, exclude):
+    """(U, n) rows and scores by brute force, scoring every pair with the engine's own
+    pair-by-pair function (so scores are bit-comparable), sorted by (-best score, row)."""
+    all_rows = np.arange(len(items))
+    out_rows = np.full((len(capsules), n), -1, dtype=np.int64)
+    out_scores = np.full((len(capsules), n), -np.inf, dtype=np.float32)
+    for u in range(len(capsules)):
+        queries = capsules[u][active[u]]
+        best = retrieval.exact_scores(queries, items, np.broadcast_to(all_rows, (len(queries), len(items)))).max(0)
+        best[exclude[u]] = -np.inf
+        order = np.lexsort((all_rows, -best))
+        order = order[np.isfinite(best[order])][:n]
+        out_rows[u, :len(order)], out_scores[u, :len(order)] = order, best[order]
+    return out_rows, out_scores
+
+
+@pytest.mark.parametrize("seed", [10, 11, 12])
+def test_top_n_plus_excluded_per_interest_is_an_exact_merge(seed):
+    rng, capsules, active, items = random_problem(seed, n_users=30)
+    capsules[:10, 1] = capsules[:10, 0] * 1.01           # shared candidates: de-duplication at work
+    active[:10, :2] = True
+    active[10:15, 1:] = False                              # one-interest users: the bound is reached
+    n = 25
+    reference, _ = pairwise_brute_force(capsules, active, items, n, [np.empty(0, np.int64)] * len(capsules))
+    exclude = [np.unique(np.concatenate([reference[u, :rng.integers(0, 20)],
+                                         rng.choice(len(items), rng.integers(0, 10), replace=False)]))
+               for u in range(len(capsules))]
+    expected_rows, expected_scores = pairwise_brute_force(capsules, active, items, n, exclude)
+    k = retrieval.fetch_size(n, max(len(e) for e in exclude), 0, len(items))      # no margin
+    scores, rows = retrieval.search(flat_index(items), items, capsules, active, k)
+    got_rows, got_scores, _ = retrieval.merge(scores, rows, exclude, n)
+    np.testing.assert_array_equal(got_rows, expected_rows)
+    np.testing.assert_allclose(got_scores, expected_scores, rtol=1e-6)
+
+
+def test_fetch_bound_is_tight():
+    """One interest whose best |E| rows are all excluded: one candidate fewer leaves a hole."""
+    _, capsules, active, items = random_problem(13, n_users=1)
+    active[:] = [[True, False, False, False]]
+    n, reference = 10, brute_force_topn(capsules, active, items, 16)
+    exclude = [reference[0, :6]]
+    for k, short in ((n + 6, False), (n + 5, True)):
+        scores, rows = retrieval.search(flat_index(items), items, capsules, active, k)
+        got, _, _ = retrieval.merge(scores, rows, exclude, n)
+        assert (got[0, -1] == -1) == short
+        assert got[0, :9].tolist() == reference[0, 6:15].tolist()
+
+
+def test_unknown_merge_policy_is_refused():
+    scores, rows = np.zeros((1, 1, 2), np.float32), np.array([[[0, 1]]])
+    with pytest.raises(ValueError, match="unknown merge policy"):
+        retrieval.merge(scores, rows, None, 2, "popular")
+
+
+# --- merge policies on hand-made candidate slots (the service's batch shapes) ----------------
+
+def brute_merge(scores, rows, interest, n, drop):
+    """Per request: best score per row (lowest capsule on equal scores), then (-score, row)."""
+    out = []
+    for b in range(rows.shape[0]):
+        best: dict[int, tuple[float, int]] = {}
+        for s, r, k, d in zip(scores[b], rows[b], interest[b], drop[b]):
+            if r < 0 or d or not np.isfinite(s):
+                continue
+            if r not in best or (s, -k) > (best[r][0], -best[r][1]):
+                best[r] = (float(s), int(k))
+        ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:n]
+        out.append([(r, s, k) for r, (s, k) in ranked])
+    return out
+
+
+def random_candidates(rng, n_requests=6, n_interests=3, k=10, n_rows=25):
+    rows = rng.integers(-1, n_rows, size=(n_requests, n_interests * k))
+    scores = np.round(rng.normal(size=rows.shape), 1).astype(np.float32)   # rounding makes ties
+    interest = np.repeat(np.arange(n_interests), k)[None, :].repeat(n_requests, 0)
+    return scores, rows, interest
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_merge_by_score_matches_brute_force_with_ties_and_duplicates(seed):
+    rng = np.random.default_rng(seed)
+    scores, rows, interest = random_candidates(rng)
+    excluded = [rng.choice(25, size=rng.integers(0, 6), replace=False) for _ in range(rows.shape[0])]
+    drop = retrieval.exclusion_mask(rows, excluded)
+    got_rows, got_scores, got_interest = retrieval.merge_by_score(scores, rows, interest, 8, drop)
+    for b, expected in enumerate(brute_merge(scores, rows, interest, 8, drop)):
+        got = [(int(r), float(s), int(k)) for r, s, k in zip(got_rows[b], got_scores[b], got_interest[b]) if r >= 0]
+        assert got == [(r, pytest.approx(s), k) for r, s, k in expected]
+        assert not set(got_rows[b][got_rows[b] >= 0].tolist()) & set(excluded[b].tolist())
+
+
+def test_exclusion_mask_is_per_request():
+    rows = np.array([[1, 2, -1], [1, 2, 3]])
+    mask = retrieval.exclusion_mask(rows, [np.array([2]), np.array([1, 3])])
+    assert mask.tolist() == [[False, True, False], [True, False, True]]
+
+
+def test_merge_is_independent_of_candidate_order():
+    rng = np.random.default_rng(3)
+    scores, rows, interest = random_candidates(rng, n_requests=1)
+    perm = rng.permutation(rows.shape[1])
+    no_drop = np.zeros(rows.shape, bool)
+    a = retrieval.merge_by_score(scores, rows, interest, 10, no_drop)
+    b = retrieval.merge_by_score(scores[:, perm], rows[:, perm], interest[:, perm], 10, no_drop)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_round_robin_takes_turns_across_interests():
+    # interest 0 finds rows 10 (0.9), 11 (0.8), 12 (0.7); interest 1 finds 20 (0.5), 10 (0.4), 21 (0.3)
+    rows = np.array([[10, 11, 12, 20, 10, 21]])
+    scores = np.array([[0.9, 0.8, 0.7, 0.5, 0.4, 0.3]], dtype=np.float32)
+    interest = np.array([[0, 0, 0, 1, 1, 1]])
+    got_rows, _, got_interest = retrieval.merge_round_robin(scores, rows, interest, 5, np.zeros(rows.shape, bool))
+    assert got_rows[0].tolist() == [10, 20, 11, 21, 12]     # row 10 counted once, for interest 0
+    assert got_interest[0].tolist() == [0, 1, 0, 1, 0]
+
+
+def test_short_candidate_lists_pad_with_minus_one():
+    rows = np.array([[4, 4, -1]])
+    got_rows, got_scores, _ = retrieval.merge_by_score(np.array([[1.0, 2.0, 0.0]], np.float32), rows,
+                                                       np.zeros((1, 3), np.int64), 3, np.zeros((1, 3), bool))
+    assert got_rows[0].tolist() == [4, -1, -1] and got_scores[0, 0] == 2.0
+
+
+def test_fetch_size_covers_exclusions_and_caps_at_catalogue():
+    assert retrieval.fetch_size(top_n=100, n_excluded=20, margin=8, n_items=100_000) == 128
+    assert retrieval.fetch_size(top_n=100, n_excluded=20, margin=8, n_items=50) == 50
+
+
+def test_exact_scores_are_row_by_row_inner_products():
+    rng = np.random.default_rng(0)
+    queries, items = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(9, 4)).astype(np.float32)
+    rows = np.array([[0, 8], [5, -1], [2, 2]])
+    got = retrieval.exact_scores(queries, items, rows)
+    assert got[1, 1] == -np.inf
+    np.testing.assert_allclose(got[0], [queries[0] @ items[0], queries[0] @ items[8]], rtol=1e-5)
+    # the same pair gives the same bits whatever else is in the call
+    np.testing.assert_array_equal(retrieval.exact_scores(queries[:1], items, rows[:1]), got[:1])
