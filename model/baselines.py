@@ -23,7 +23,7 @@ def item_counts(sequences: Iterable[np.ndarray], n_items: int) -> np.ndarray:
     return counts[1:]
 
 
-def popular_rows(counts: np.ndarray) -> np.ndarray:
+def rows_by_count(counts: np.ndarray) -> np.ndarray:
     """(n_items,) rows ordered by count, descending; ties by row, ascending."""
     return np.argsort(-np.asarray(counts), kind="stable").astype(np.int64)
 
@@ -50,7 +50,7 @@ def popularity_topn(counts: np.ndarray, n_users: int, n: int,
                     exclude: list[np.ndarray] | None = None) -> np.ndarray:
     """(n_users, n) rows: the same most-popular list for everyone, minus excluded rows."""
     extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
-    head = popular_rows(counts)[: n + extra]
+    head = rows_by_count(counts)[: n + extra]
     return _drop_excluded(np.broadcast_to(head, (n_users, len(head))), n, exclude)
 
 

@@ -15,11 +15,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from model.eval_sources import (EvaluationError, EvalSource, bundle_source, run_source)
+import torch
+
+from model.device import DeviceError, resolve_device
+from model.eval_sources import EvaluationError, EvalSource, bundle_source, run_source
 from model.protocol import CUTOFFS, diversity_all, rank_all, score_all
 from model.report import write_report
-
-K1_RUN = Path("baselines") / "k1"   # the K=1 baseline run inside a run directory
+from model.run import K1_BASELINE
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -51,26 +53,19 @@ def evaluate_source(source: EvalSource) -> tuple[dict, dict]:
     return result, curves
 
 
-def _device(name: str) -> str:
-    """``auto`` -> cuda when available, else cpu; an unusable device is an EvaluationError."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+def _device(name: str) -> torch.device:
+    """The ``--device`` of the command (model.device's rule); an unusable one is an EvaluationError."""
     try:
-        device = torch.device(name)
-    except RuntimeError as err:
+        return resolve_device(name)
+    except DeviceError as err:
         raise EvaluationError(f"--device {name}: {err}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError(f"--device {name}: CUDA is not available on this machine")
-    return name
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the evaluation; exit 2 with a one-line message on bad input."""
     try:
         if args.run is not None:
-            source = run_source(args.run, args.split, args.data, K1_RUN, _device(args.device))
+            source = run_source(args.run, args.split, args.data, K1_BASELINE, _device(args.device))
             out_dir = args.out or args.run / "eval"
         else:
             source = bundle_source(args.bundle, args.split, args.data, _device(args.device))

@@ -18,14 +18,11 @@ import torch
 from model.bundle import BundleError, load_bundle, prepare_histories, write_bundle
 from model.index import INDEX_KINDS, IndexTuningError, choose_kind
 from model.jsonfile import read_json
+from model.run import RunError, config_max_len, load_run
 
 RUN_FILES = ("config.json", "checkpoint.pt", "vocab.json", "popularity.json", "metrics.json")
 N_TUNE_HISTORIES = 256
 POPULARITY_SMOOTHING = 10.0   # rank offset of the 1/(rank + c) history sampler
-
-
-class RunError(ValueError):
-    """The run directory is missing or incomplete; the message names the file."""
 
 
 class TowerScriptError(RuntimeError):
@@ -50,8 +47,6 @@ def read_run_json(run_dir: Path, name: str, expected_type: type):
 
 def run_max_len(config: dict, run_dir: Path) -> int:
     """The history length the model was trained with; a RunError naming config.json if absent."""
-    from model.run import config_max_len
-
     value = config_max_len(config)
     if value is None:
         raise RunError(f"{run_dir / 'config.json'}: no max_len in its model or train section")
@@ -97,11 +92,9 @@ def read_run(run_dir: Path) -> dict:
 
 def load_model(run_dir: Path):
     """The trained MIND of the run, in eval mode on CPU."""
-    from model import run as run_files  # imported late: `mind export --help` stays fast
-
     try:
-        model, _ = run_files.load_run(run_dir)
-    except (run_files.RunError, OSError, ValueError, KeyError, RuntimeError) as err:
+        model, _ = load_run(run_dir)
+    except (RunError, OSError, ValueError, KeyError, RuntimeError) as err:
         raise RunError(f"cannot rebuild the model of {run_dir}: {err}") from err
     return model.cpu().eval()
 

@@ -24,8 +24,9 @@ K1_BASELINE = Path("baselines") / "k1"
 SIDE_PREFIX = "items.tokens_"
 
 
-class RunError(Exception):
-    """A run directory that cannot be read or written; the message names the file."""
+class RunError(ValueError):
+    """A run directory that is missing, incomplete or unreadable (by `mind evaluate`, `mind
+    export`, ...); the message names the file."""
 
 
 @dataclass(frozen=True)

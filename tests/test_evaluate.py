@@ -312,3 +312,17 @@ def test_interest_diversity_of_distinct_and_collapsed_capsules():
     assert got == {"capsule_cosine": pytest.approx(1.0), "one_interest_overlap@4": pytest.approx(1.0)}
     got = interest_diversity(distinct[:, :1], np.ones((1, 1), bool), items, n=4)
     assert got["capsule_cosine"] is None and got["one_interest_overlap@4"] == 1.0
+
+
+def test_one_device_rule():
+    from model.device import DeviceError, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(DeviceError, match="not a torch device"):
+        resolve_device("bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="CUDA is not available"):
+            resolve_device("cuda", local_rank=1)
+    else:
+        assert resolve_device("cuda", local_rank=0) == torch.device("cuda", 0)
