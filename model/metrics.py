@@ -106,3 +106,19 @@ def mean_jaccard(rows_a: np.ndarray, rows_b: np.ndarray) -> float | None:
         if union:
             values.append(len(np.intersect1d(a, b, assume_unique=True)) / union)
     return float(np.mean(values)) if values else None
+
+
+def majority_purity(labels: np.ndarray) -> float | None:
+    """Mean over rows of the share of the row's most frequent label.
+
+    labels (M, n) int64, one row per (user, interest): the planted cluster of each item that
+    interest names (``-1`` = no item, ignored). 1.0: every interest names items of one cluster.
+    Rows without any label are skipped; None when every row is.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    shares = []
+    for row in labels:
+        row = row[row >= 0]
+        if len(row):
+            shares.append(np.unique(row, return_counts=True)[1].max() / len(row))
+    return float(np.mean(shares)) if shares else None

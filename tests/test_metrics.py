@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from model.metrics import capsule_cosine, evaluate_rankings, first_active, mean_jaccard, recall_curve
+from model.metrics import (capsule_cosine, evaluate_rankings, first_active, majority_purity, mean_jaccard,
+                           recall_curve)
 
 
 def test_recall_hitrate_ndcg_hand_computed():
@@ -111,3 +112,10 @@ def test_mean_jaccard_hand_computed():
     assert mean_jaccard(a, b) == pytest.approx((1.0 + 0.25) / 2)
     assert mean_jaccard(a[2:], b[2:]) is None
     assert mean_jaccard(np.array([[1, 2]]), np.array([[3, 4]])) == 0.0
+
+
+def test_majority_purity_hand_computed():
+    labels = np.array([[2, 2, 2], [1, 3, 1], [4, 5, 6], [7, -1, -1], [-1, -1, -1]])
+    # rows: 1, 2/3, 1/3, 1 (one item); the empty row is skipped
+    assert majority_purity(labels) == pytest.approx((1 + 2 / 3 + 1 / 3 + 1) / 4)
+    assert majority_purity(labels[4:]) is None
