@@ -6,8 +6,8 @@ ids, ``row = item index - 1``, see docs/architecture.md); ``row == -1`` is an em
 score ``-inf``. The steps, each a function:
 
     search(index, item_vectors, capsules, active, k)      -> per-interest (scores, rows)
-    merge(scores, rows, excluded, n, policy)              -> (rows, scores, interest)
-        = exclusion_mask + merge_by_score | merge_round_robin
+    merge(scores, rows, excluded, n, policy, diversity)   -> (rows, scores, interest)
+        = exclusion_mask + merge_by_score | merge_round_robin | merge_diverse (diversity > 0)
 
 A row found by several interests keeps its best score (and the lowest such interest); ties
 are always broken by the smaller row, so an answer never depends on the order in which
@@ -24,10 +24,16 @@ EMPTY_ROW = -1
 USERS_PER_SEARCH = 8192   # users per FAISS call: bounds the (users, K, fetch) candidate arrays
 BOUNDARY_MARGIN = 8       # extra candidates per interest, see fetch_size
 MERGE_POLICIES = ("score", "round_robin")
+MAX_DIVERSITY = 10.0      # lambda beyond which the penalty already dwarfs the whole score range
+MAX_DIVERSE_TOP_N = 200   # merge_diverse costs O(K * top_n^2) per request; larger lists are refused
+DIVERSE_POOL_DEPTH = 2    # merge_diverse chooses from each interest's best DEPTH * top_n rows
+NO_CATEGORY = -1
 
 
-def fetch_size(top_n: int, n_excluded: int, margin: int, n_items: int) -> int:
-    """Candidates each interest fetches so that the merged top ``top_n`` is exact.
+def fetch_size(top_n: int, n_excluded: int, margin: int, n_items: int, diversity: float = 0.0) -> int:
+    """Candidates each interest fetches so that the merged top ``top_n`` is exact (with
+    ``diversity`` > 0: so that :func:`merge_diverse` sees its whole pool, DIVERSE_POOL_DEPTH
+    times ``top_n`` per interest).
 
     Claim: if every interest j fetches its top ``f = top_n + |E|`` rows by s_j (E = the
     request's excluded rows), merging them by best score yields exactly the top ``top_n``
@@ -44,7 +50,8 @@ def fetch_size(top_n: int, n_excluded: int, margin: int, n_items: int) -> int:
     FAISS 1.15, measured), so the last rows of a list may swap with the next ones outside
     it; a few spare rows keep the exact top f inside the list whatever the batch.
     """
-    return max(1, min(n_items, top_n + n_excluded + margin))
+    depth = DIVERSE_POOL_DEPTH * top_n if diversity > 0 else top_n
+    return max(1, min(n_items, depth + n_excluded + margin))
 
 
 def exact_scores(queries: np.ndarray, item_vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -138,11 +145,9 @@ def merge_by_score(scores: np.ndarray, rows: np.ndarray, interest: np.ndarray, n
     return _take_top(order, scores, rows, interest, n)
 
 
-def merge_round_robin(scores: np.ndarray, rows: np.ndarray, interest: np.ndarray, n: int,
-                      drop: np.ndarray):
-    """Like :func:`merge_by_score`, but interests take turns: the best item of each interest
-    (in capsule order), then the second best of each, ... De-duplication as there."""
-    scores, rows, interest = _best_copy(scores, rows, interest, drop)
+def _rank_within_interest(scores: np.ndarray, rows: np.ndarray, interest: np.ndarray):
+    """Sort (B, C) slots by (interest, -score, row); also return each slot's rank inside its
+    interest's list (empty slots rank C, after every real one)."""
     order = np.lexsort((rows, -scores, interest), axis=-1)            # grouped by interest
     scores = np.take_along_axis(scores, order, axis=1)
     rows = np.take_along_axis(rows, order, axis=1)
@@ -151,42 +156,123 @@ def merge_round_robin(scores: np.ndarray, rows: np.ndarray, interest: np.ndarray
     group_start = np.ones(rows.shape, dtype=bool)
     group_start[:, 1:] = interest[:, 1:] != interest[:, :-1]
     rank = position - np.maximum.accumulate(np.where(group_start, position, 0), axis=1)
-    rank = np.where(np.isfinite(scores), rank, rows.shape[1])         # empties after all rounds
+    return scores, rows, interest, np.where(np.isfinite(scores), rank, rows.shape[1])
+
+
+def merge_round_robin(scores: np.ndarray, rows: np.ndarray, interest: np.ndarray, n: int,
+                      drop: np.ndarray):
+    """Like :func:`merge_by_score`, but interests take turns: the best item of each interest
+    (in capsule order), then the second best of each, ... De-duplication as there."""
+    scores, rows, interest = _best_copy(scores, rows, interest, drop)
+    scores, rows, interest, rank = _rank_within_interest(scores, rows, interest)
     turn = np.lexsort((interest, rank), axis=-1)
     return _take_top(turn, scores, rows, interest, n)
 
 
+def _diverse_pool(scores, rows, interest, drop, depth: int):
+    """The candidate pool of :func:`merge_diverse`: each interest's best ``depth`` distinct,
+    non-excluded rows, as (B, P) arrays sorted by (-score, row), P <= K * depth, -inf padded."""
+    scores, rows, interest = _best_copy(scores, rows, interest, drop)
+    scores, rows, interest, rank = _rank_within_interest(scores, rows, interest)
+    scores = np.where(rank < depth, scores, -np.inf)
+    order = np.lexsort((rows, -scores), axis=-1)[:, : depth * (int(interest.max(initial=0)) + 1)]
+    return tuple(np.take_along_axis(a, order, axis=1) for a in (scores, rows, interest))
+
+
+def merge_diverse(scores: np.ndarray, rows: np.ndarray, interest: np.ndarray, n: int, drop: np.ndarray,
+                  diversity: np.ndarray, category_of_row: np.ndarray | None = None):
+    """Greedy top-``n`` that trades score against spreading the list over interests and
+    (when ``category_of_row`` is given) item categories; deterministic.
+
+    scores, rows, interest, drop (B, C) as for :func:`merge_by_score`; diversity (B,) float
+    lambda >= 0 per request; category_of_row (n_items,) int64 category of each row
+    (NO_CATEGORY = none) or None. The pool is each interest's best DIVERSE_POOL_DEPTH * n
+    distinct non-excluded rows (P <= DEPTH * K * n). Step t (t rows chosen so far) takes the pool row c with
+
+        gain(c) = s'(c) - lambda * (n_interest(c) + n_category(c)) / max(t, 1)
+
+    s' = (s - s_min) / (s_max - s_min): the score rescaled to [0, 1] over the request's pool;
+    n_interest(c), n_category(c): rows already chosen from c's interest / in c's category (0
+    without categories). So lambda = 1 makes repeating an interest that holds the whole list
+    so far cost the pool's whole score range. Ties: higher score, then smaller row; lambda = 0
+    gives :func:`merge_by_score`'s list exactly. Cost: n steps over (B, P): O(n * P) =
+    O(K * n^2) per request. Returns (rows, scores, interest), each (B, n), -1 / -inf / -1 padded.
+    """
+    scores, rows, interest = _diverse_pool(scores, rows, interest, drop, DIVERSE_POOL_DEPTH * n)  # (B, P) each
+    n_requests, pool = rows.shape
+    valid = np.isfinite(scores)
+    top = np.where(valid, scores, -np.inf).max(axis=1, initial=-np.inf)[:, None]
+    low = np.where(valid, scores, np.inf).min(axis=1, initial=np.inf)[:, None]
+    spread = np.where(top > low, top - low, 1.0)
+    rescaled = np.where(valid, (scores.astype(np.float64) - low) / spread, -np.inf)  # (B, P)
+    category = (np.full(rows.shape, NO_CATEGORY, dtype=np.int64) if category_of_row is None
+                else np.where(rows >= 0, np.asarray(category_of_row)[np.maximum(rows, 0)], NO_CATEGORY))
+    categories, category = np.unique(category, return_inverse=True)
+    category = category.reshape(rows.shape)
+    has_category = categories[category] != NO_CATEGORY                            # (B, P)
+    per_interest = np.zeros((n_requests, int(interest.max(initial=0)) + 1))
+    per_category = np.zeros((n_requests, len(categories)))
+    lam = np.asarray(diversity, dtype=np.float64)[:, None]                        # (B, 1)
+    taken = np.zeros(rows.shape, dtype=bool)
+    picks = np.full((n_requests, min(n, pool)), pool, dtype=np.int64)            # pool = the empty slot below
+    every = np.arange(n_requests)
+    for t in range(picks.shape[1]):
+        repeats = (np.take_along_axis(per_interest, np.maximum(interest, 0), axis=1)
+                   + np.take_along_axis(per_category, category, axis=1) * has_category)
+        gain = np.where(taken, -np.inf, rescaled - lam * repeats / max(t, 1))
+        pick = np.argmax(gain, axis=1)                                            # first max: best score, row
+        live = np.isfinite(gain[every, pick])
+        picks[live, t] = pick[live]
+        taken[every[live], pick[live]] = True
+        np.add.at(per_interest, (every[live], np.maximum(interest[every[live], pick[live]], 0)), 1)
+        np.add.at(per_category, (every[live], category[every[live], pick[live]]), 1)
+    empty = ((0, 0), (0, 1))
+    scores = np.pad(scores, empty, constant_values=-np.inf)
+    rows, interest = (np.pad(a, empty, constant_values=EMPTY_ROW) for a in (rows, interest))
+    return _take_top(picks, scores, rows, interest, n)
+
+
 def merge(scores: np.ndarray, rows: np.ndarray, excluded: list[np.ndarray] | None, n: int,
-          policy: str = "score"):
+          policy: str = "score", diversity: np.ndarray | None = None,
+          category_of_row: np.ndarray | None = None):
     """Per-interest candidates -> one list per request: drop excluded rows, de-duplicate,
-    keep the best ``n`` by ``policy`` (one of MERGE_POLICIES).
+    keep ``n`` rows by ``policy`` (one of MERGE_POLICIES), or by :func:`merge_diverse` for
+    the requests whose ``diversity`` (B,) lambda is > 0.
 
     scores (B, K, k) float32, rows (B, K, k) int64 (as :func:`search` returns them);
-    excluded[b]: rows request b must not get (None = nothing excluded).
-    Returns (rows, scores, interest), each (B, n), -1 / -inf / -1 padded.
+    excluded[b]: rows request b must not get (None = nothing excluded); category_of_row:
+    see :func:`merge_diverse`. Returns (rows, scores, interest), each (B, n), -1 / -inf / -1 padded.
     """
+    if policy not in MERGE_POLICIES:
+        raise ValueError(f"unknown merge policy {policy!r}; expected one of {MERGE_POLICIES}")
     n_requests, n_interests, k = rows.shape
     interest = np.broadcast_to(np.arange(n_interests, dtype=np.int64)[None, :, None], rows.shape)
     flat = (n_requests, n_interests * k)
     scores, rows, interest = scores.reshape(flat), rows.reshape(flat), interest.reshape(flat)
     drop = exclusion_mask(rows, excluded) if excluded is not None else np.zeros(flat, dtype=bool)
-    if policy == "round_robin":
-        return merge_round_robin(scores, rows, interest, n, drop)
-    if policy != "score":
-        raise ValueError(f"unknown merge policy {policy!r}; expected one of {MERGE_POLICIES}")
-    return merge_by_score(scores, rows, interest, n, drop)
+    by_policy = merge_round_robin if policy == "round_robin" else merge_by_score
+    out = by_policy(scores, rows, interest, n, drop)
+    diverse = np.flatnonzero(np.asarray(diversity) > 0) if diversity is not None else []
+    if len(diverse):
+        chosen = merge_diverse(scores[diverse], rows[diverse], interest[diverse], n, drop[diverse],
+                               np.asarray(diversity)[diverse], category_of_row)
+        for whole, part in zip(out, chosen):
+            whole[diverse] = part
+    return out
 
 
 def multi_interest_topn(capsules: np.ndarray, active: np.ndarray,
                         item_vectors: np.ndarray, n: int,
                         exclude: list[np.ndarray] | None = None, *,
-                        index: faiss.Index | None = None, policy: str = "score") -> np.ndarray:
+                        index: faiss.Index | None = None, policy: str = "score", diversity: float = 0.0,
+                        category_of_row: np.ndarray | None = None) -> np.ndarray:
     """Top-``n`` item rows per user from the user's active capsules: :func:`search` then
     :func:`merge`, in blocks of USERS_PER_SEARCH users (what ``POST /recall`` runs per batch).
 
     capsules (U, K, d) float32; active (U, K) bool; item_vectors (n_items, d) float32 with
     row r = item index r + 1; index: a FAISS index over them (ids = rows; default: a flat
     one built here). exclude: per user an array of rows never to return (e.g. history).
+    policy, diversity (one lambda for every user), category_of_row: as for :func:`merge`.
     Returns (U, n) int64 rows, ``-1`` where fewer exist.
     """
     capsules = np.asarray(capsules, dtype=np.float32)
@@ -202,7 +288,8 @@ def multi_interest_topn(capsules: np.ndarray, active: np.ndarray,
         stop = min(start + USERS_PER_SEARCH, len(capsules))
         block_exclude = None if exclude is None else [np.asarray(e, dtype=np.int64) for e in exclude[start:stop]]
         n_excluded = max((len(e) for e in block_exclude), default=0) if block_exclude is not None else 0
-        k = fetch_size(n, n_excluded, BOUNDARY_MARGIN, index.ntotal)
+        k = fetch_size(n, n_excluded, BOUNDARY_MARGIN, index.ntotal, diversity)
         scores, rows = search(index, item_vectors, capsules[start:stop], active[start:stop], k)
-        out[start:stop] = merge(scores, rows, block_exclude, n, policy)[0]
+        lam = np.full(stop - start, diversity, dtype=np.float64)
+        out[start:stop] = merge(scores, rows, block_exclude, n, policy, lam, category_of_row)[0]
     return out

@@ -39,6 +39,7 @@ class RecallQuery:
     exclude: tuple[str, ...] = ()
     max_interests: int | None = None
     explain: bool = False
+    diversity: float = 0.0             # lambda of model.retrieval.merge_diverse; 0 = by score
 
 
 @dataclass(frozen=True)
@@ -202,14 +203,14 @@ def recall_batch(bundle: Bundle, queries: list[RecallQuery],
         tower_done = time.perf_counter()
         times.tower_s = tower_done - start
         n_items = len(bundle.item_ids)
-        k = max(retrieval.fetch_size(queries[b].top_n, len(batch.excluded[b]), options.overfetch, n_items)
-                for b in warm)
+        k = max(retrieval.fetch_size(queries[b].top_n, len(batch.excluded[b]), options.overfetch, n_items,
+                                     queries[b].diversity) for b in warm)
         scores, rows = retrieval.search(bundle.index, bundle.item_vectors, capsules, active, k)  # (B, K, k)
         search_done = time.perf_counter()
         times.search_s = search_done - tower_done
         top_n = max(queries[b].top_n for b in warm)
         rows, scores, interest = retrieval.merge(scores, rows, [batch.excluded[b] for b in warm], top_n,
-                                                 options.merge_policy)
+                                                 options.merge_policy, np.array([queries[b].diversity for b in warm]))
         for i, b in enumerate(warm):
             answers[b] = _ranked_answer(bundle, rows[i], scores[i], interest[i],
                                         int(active[i].sum()), queries[b].top_n)

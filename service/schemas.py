@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from model.bundle import Bundle
+from model.retrieval import DIVERSE_POOL_DEPTH, MAX_DIVERSE_TOP_N, MAX_DIVERSITY
 from service.pipeline import RecallQuery
 from service.settings import Settings
 
@@ -29,6 +30,15 @@ class RecallRequest(BaseModel):
     exclude: list[ItemId] = Field(default_factory=list, description="item ids never to return")
     max_interests: int | None = Field(None, ge=1, description="use at most this many interests")
     explain: bool = Field(False, description="list, per interest, the history items routed to it")
+    diversity: float = Field(
+        0.0, ge=0, le=MAX_DIVERSITY, allow_inf_nan=False,
+        description="lambda >= 0: 0 (default) ranks by score alone. Above 0 the list is chosen greedily from each "
+                    f"interest's best {DIVERSE_POOL_DEPTH} * top_n candidates: step t (t items chosen) takes the item with the largest "
+                    "gain = s' - lambda * (n_interest + n_category) / max(t, 1), where s' is the score rescaled to "
+                    "[0, 1] over the candidates and n_interest / n_category count the items already chosen from "
+                    "its interest / in its item category (n_category only when the bundle carries item categories; "
+                    "today's bundle format has none, so lists spread over interests). "
+                    f"Deterministic; cost O(K * top_n^2); with diversity > 0, top_n is at most {MAX_DIVERSE_TOP_N}.")
 
 
 class RecalledItem(BaseModel):
@@ -88,6 +98,9 @@ def to_query(request: RecallRequest, settings: Settings, bundle: Bundle | None, 
     top_n = settings.default_top_n if request.top_n is None else request.top_n
     if top_n > settings.max_top_n:
         raise LimitError(f"{where}top_n={top_n} exceeds the maximum {settings.max_top_n}")
+    if request.diversity > 0 and top_n > MAX_DIVERSE_TOP_N:
+        raise LimitError(f"{where}top_n={top_n} with diversity > 0 exceeds {MAX_DIVERSE_TOP_N} "
+                         f"(the greedy selection costs O(K * top_n^2))")
     if len(request.history) > settings.max_history:
         raise LimitError(f"{where}history has {len(request.history)} items; the maximum is {settings.max_history}")
     if len(request.exclude) > settings.max_exclude:
@@ -100,4 +113,5 @@ def to_query(request: RecallRequest, settings: Settings, bundle: Bundle | None, 
                              f"(known: {list(bundle.profile_features)})")
     return RecallQuery(history=_ids(request.history), profile=profile, top_n=top_n,
                        exclude_history=request.exclude_history, exclude=_ids(request.exclude),
-                       max_interests=request.max_interests, explain=request.explain)
+                       max_interests=request.max_interests, explain=request.explain,
+                       diversity=request.diversity)
