@@ -1,7 +1,7 @@
 """Does `explain` mean something? On the planted synthetic set (model.data.synthetic), train
 MIND with `mind train` (the default config), then, for every held-out test user and active
 interest, take the history items the service's `explain` names (most routing weight for that
-interest: service.retrieval.top_routing_positions, `explain_items` = 3 of them) and measure
+interest: service.pipeline.top_routing_positions, `explain_items` = 3 of them) and measure
 their purity: the share of the majority planted cluster among them, averaged over
 (user, interest). Beside it: the purity of the same number of history items picked at random
 per (user, interest) (what an `explain` that means nothing scores), and the capsule cosine.
@@ -27,7 +27,7 @@ import torch
 
 from model.data.synthetic import PlantedTruth, SyntheticSpec, generate_with_truth, write_recbole
 from model.metrics import capsule_cosine, majority_purity
-from service.retrieval import top_routing_positions
+from service.pipeline import top_routing_positions
 
 EXPLAIN_ITEMS = 3          # the service's default `explain_items`
 RANDOM_SEED = 0            # of the random-pick reference
