@@ -163,7 +163,8 @@ def parse_args(argv):
 
 
 def _pipeline_baseline(bundle_path: Path, args) -> float:
-    """Best requests/s of the bare pipeline over batch sizes 16 and 32, with the server's compute settings."""
+    """Best requests/s of the bare pipeline over batch sizes 16, 32 and 64 (the server's largest batch),
+    with the server's compute settings."""
     from model.bundle import load_bundle
     from service.pipeline import configure_compute
     from service.settings import Settings
@@ -171,12 +172,17 @@ def _pipeline_baseline(bundle_path: Path, args) -> float:
     configure_compute(settings)
     bundle = load_bundle(bundle_path)
     histories = random_histories(bundle, 4096, args.history)
-    best = max(measure(bundle, size, histories, args.top_n, args.pipeline_seconds)["rps"] for size in (16, 32))
+    best = max(measure(bundle, size, histories, args.top_n, args.pipeline_seconds)["rps"] for size in (16, 32, 64))
     print(f"bare pipeline (in-process, no HTTP): {best:.1f} req/s")
     return best
 
 
-def _row(name: str, r: dict, baseline: float | None) -> str:
+HEADER = (f"{'server':<24} {'conc':>5} {'ok':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+          f"{'vs bare':>8}  {'load avg':>14}  statuses")
+
+
+def row(name: str, r: dict, baseline: float | None) -> str:
+    """One table line of a ``drive`` result, with the machine's load average beside it."""
     ratio = f"{r['rps'] / baseline:.0%}" if baseline else "-"
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"{name:<24} {r['concurrency']:>5} {r['ok']:>7} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p95']:>8.2f} "
@@ -225,13 +231,12 @@ def main(argv: list[str] | None = None) -> int:
             ports[spec] = free_port()
             stack.enter_context(running_server(bundle_path, ports[spec], dict(env, **dict(e.split("=", 1) for e in extra)),
                                                args.cache / f"server-{ports[spec]}.log", name))
-        print(f"{'server':<24} {'conc':>5} {'ok':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-              f"{'vs bare':>8}  {'load avg':>14}  statuses")
+        print(HEADER)
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             for spec in args.servers:          # interleaved: every server sees the same machine load
                 r = run_client(drive(ports[spec], requests, concurrency, args.seconds, args.max_requests))
                 results[spec].append(r)
-                print(_row(spec, r, baseline if not spec.startswith("plain") else None), flush=True)
+                print(row(spec, r, baseline if not spec.startswith("plain") else None), flush=True)
     compare(results, baseline)
     return 0
 
