@@ -32,6 +32,9 @@ log = logging.getLogger("service.app")
 ENDPOINTS = frozenset({"/recall", "/recall/batch", "/healthz", "/readyz", "/version", "/metrics", "/admin/reload"})
 RECALL_PATHS = frozenset({"/recall", "/recall/batch"})
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 422, 503)}
+# FastAPI's native OpenTelemetry asks the global providers (environment lookups) on every
+# request; the service reports through /metrics and its JSON logs instead.
+NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False}
 
 
 def _json(body) -> Response:
@@ -87,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The service app; ``settings`` default to the environment (MIND_*)."""
     settings = settings or Settings()
     metrics = ServiceMetrics()
-    app = FastAPI(title="mind-recall", version="1", lifespan=lifespan,
+    app = FastAPI(title="mind-recall", version="1", lifespan=lifespan, telemetry=NO_TELEMETRY,
                   description="Multi-interest (MIND) candidate recall over a verified bundle.")
     app.state.service = ServiceState(settings, metrics)
     _install_error_handlers(app)
