@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}")
     print(f"users={args.users} items={args.items} d={args.dim} K={args.interests} "
           f"(active capsules {int(active.sum())}) history={args.history} top_n={args.top_n}")
-    for label, kwargs in (("MIND top-n, history kept", {}), ("MIND top-n, history excluded", {"exclude": exclude})):
+    for label, kwargs in (("MIND top-n, history kept", {}), ("MIND top-n, history excluded", {"exclude": exclude}),
+                          ("  + diversity 1 (greedy merge)", {"exclude": exclude, "diversity": 1.0})):
         start = time.perf_counter()
         multi_interest_topn(capsules, active, items, args.top_n, index=index, **kwargs)
         took_s = time.perf_counter() - start

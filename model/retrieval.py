@@ -25,7 +25,7 @@ USERS_PER_SEARCH = 8192   # users per FAISS call: bounds the (users, K, fetch) c
 BOUNDARY_MARGIN = 8       # extra candidates per interest, see fetch_size
 MERGE_POLICIES = ("score", "round_robin")
 MAX_DIVERSITY = 10.0      # lambda beyond which the penalty already dwarfs the whole score range
-MAX_DIVERSE_TOP_N = 200   # merge_diverse costs O(K * top_n^2) per request; larger lists are refused
+MAX_DIVERSE_TOP_N = 100   # merge_diverse costs O(K * top_n^2) per request; larger lists are refused
 DIVERSE_POOL_DEPTH = 2    # merge_diverse chooses from each interest's best DEPTH * top_n rows
 NO_CATEGORY = -1
 
@@ -179,6 +179,30 @@ def _diverse_pool(scores, rows, interest, drop, depth: int):
     return tuple(np.take_along_axis(a, order, axis=1) for a in (scores, rows, interest))
 
 
+def _greedy_picks(rescaled: np.ndarray, interest: np.ndarray, category: np.ndarray | None,
+                  lam: np.ndarray, n: int) -> np.ndarray:
+    """The greedy loop of :func:`merge_diverse` over (B, P) pools sorted by (-score, row):
+    rescaled scores (-inf = empty), interest, category (or None); lam (B,). Returns (B, <= n)
+    picked pool slots, ``P`` where a pool ran out. Equal gains go to the earlier slot, i.e.
+    the higher score, then the smaller row."""
+    n_requests, pool = rescaled.shape
+    repeats = np.zeros(rescaled.shape, dtype=np.float32)    # chosen rows sharing each slot's interest + category
+    open_slot = np.isfinite(rescaled)
+    picks = np.full((n_requests, min(n, pool)), pool, dtype=np.int64)
+    every = np.arange(n_requests)
+    for t in range(picks.shape[1]):
+        gain = np.where(open_slot, rescaled - lam[:, None] * repeats / max(t, 1), -np.inf)   # (B, P)
+        pick = np.argmax(gain, axis=1)                                                       # (B,)
+        live = open_slot[every, pick]
+        picks[live, t] = pick[live]
+        open_slot[every, pick] = False
+        same = (interest == interest[every, pick][:, None]).astype(np.float32)
+        if category is not None:
+            same += (category == category[every, pick][:, None]) & (category != NO_CATEGORY)
+        repeats += same * live[:, None]
+    return picks
+
+
 def merge_diverse(scores: np.ndarray, rows: np.ndarray, interest: np.ndarray, n: int, drop: np.ndarray,
                   diversity: np.ndarray, category_of_row: np.ndarray | None = None):
     """Greedy top-``n`` that trades score against spreading the list over interests and
@@ -199,34 +223,15 @@ def merge_diverse(scores: np.ndarray, rows: np.ndarray, interest: np.ndarray, n:
     O(K * n^2) per request. Returns (rows, scores, interest), each (B, n), -1 / -inf / -1 padded.
     """
     scores, rows, interest = _diverse_pool(scores, rows, interest, drop, DIVERSE_POOL_DEPTH * n)  # (B, P) each
-    n_requests, pool = rows.shape
     valid = np.isfinite(scores)
     top = np.where(valid, scores, -np.inf).max(axis=1, initial=-np.inf)[:, None]
     low = np.where(valid, scores, np.inf).min(axis=1, initial=np.inf)[:, None]
     spread = np.where(top > low, top - low, 1.0)
-    rescaled = np.where(valid, (scores.astype(np.float64) - low) / spread, -np.inf)  # (B, P)
-    category = (np.full(rows.shape, NO_CATEGORY, dtype=np.int64) if category_of_row is None
+    rescaled = np.where(valid, (scores - low) / spread, -np.inf).astype(np.float32)    # (B, P)
+    category = (None if category_of_row is None
                 else np.where(rows >= 0, np.asarray(category_of_row)[np.maximum(rows, 0)], NO_CATEGORY))
-    categories, category = np.unique(category, return_inverse=True)
-    category = category.reshape(rows.shape)
-    has_category = categories[category] != NO_CATEGORY                            # (B, P)
-    per_interest = np.zeros((n_requests, int(interest.max(initial=0)) + 1))
-    per_category = np.zeros((n_requests, len(categories)))
-    lam = np.asarray(diversity, dtype=np.float64)[:, None]                        # (B, 1)
-    taken = np.zeros(rows.shape, dtype=bool)
-    picks = np.full((n_requests, min(n, pool)), pool, dtype=np.int64)            # pool = the empty slot below
-    every = np.arange(n_requests)
-    for t in range(picks.shape[1]):
-        repeats = (np.take_along_axis(per_interest, np.maximum(interest, 0), axis=1)
-                   + np.take_along_axis(per_category, category, axis=1) * has_category)
-        gain = np.where(taken, -np.inf, rescaled - lam * repeats / max(t, 1))
-        pick = np.argmax(gain, axis=1)                                            # first max: best score, row
-        live = np.isfinite(gain[every, pick])
-        picks[live, t] = pick[live]
-        taken[every[live], pick[live]] = True
-        np.add.at(per_interest, (every[live], np.maximum(interest[every[live], pick[live]], 0)), 1)
-        np.add.at(per_category, (every[live], category[every[live], pick[live]]), 1)
-    empty = ((0, 0), (0, 1))
+    picks = _greedy_picks(rescaled, interest, category, np.asarray(diversity, dtype=np.float32), n)
+    empty = ((0, 0), (0, 1))                       # slot P: where picks point when a pool ran out
     scores = np.pad(scores, empty, constant_values=-np.inf)
     rows, interest = (np.pad(a, empty, constant_values=EMPTY_ROW) for a in (rows, interest))
     return _take_top(picks, scores, rows, interest, n)
