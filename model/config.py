@@ -7,6 +7,18 @@ from typing import Any
 
 ROUTING_AXES = ("interests", "behaviors")
 LOSSES = ("full", "sampled")
+# How training reads a user's K capsules out against the target (spec 1.4):
+#   "attention": label-aware attention with power ``pow_p`` (p = 0 is mean pooling);
+#   "hard": the active capsule closest to the target alone (p -> infinity, ComiRec's training);
+#   "max": every catalogue item scored by its best active capsule, exactly what retrieval's
+#          merge-by-score ranks by.
+READOUTS = ("attention", "hard", "max")
+# Bilinear maps of the routing: one S shared by every interest (the paper), or one W_j per
+# interest (ComiRec-DR), whose learned differences break the symmetry between capsules.
+ROUTING_MAPS = ("shared", "per_interest")
+# Values a config.json written before a field existed had implicitly (old runs load unchanged).
+LEGACY_DEFAULTS = {"output_relu": True, "readout": "attention", "routing_maps": "shared",
+                   "normalize": False, "temperature": 1.0}
 
 
 @dataclass(frozen=True)
@@ -31,14 +43,26 @@ class ModelConfig:
     item_side_vocab_sizes: dict[str, int] = field(default_factory=dict)  # per item side feature
     init_seed: int = 2020             # seeds the routing logits' one-time Gaussian draw
     routing_init_std: float = 0.01    # std of that draw; small lets content, not position, route (ml-100k val R@50: 0.01 .341, 0.1 .337, 1 .306)
+    readout: str = "attention"        # training readout of the capsules, one of READOUTS
+    routing_maps: str = "shared"      # one of ROUTING_MAPS
+    normalize: bool = False           # L2-normalise item vectors and capsules (index holds the normalised table)
+    temperature: float = 1.0          # logits = score / temperature in the training softmax
     loss: str = "full"                # "full" softmax or "sampled" softmax with logQ correction
     n_negatives: int = 1000           # shared negatives per batch for the sampled softmax
 
     def __post_init__(self):
         if self.routing_softmax not in ROUTING_AXES:
             raise ValueError(f"routing_softmax must be one of {ROUTING_AXES}, got {self.routing_softmax!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.routing_maps not in ROUTING_MAPS:
+            raise ValueError(f"routing_maps must be one of {ROUTING_MAPS}, got {self.routing_maps!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.readout == "max" and self.loss != "full":
+            raise ValueError("readout 'max' scores the whole catalogue: it needs loss 'full'")
         for name in ("n_items", "embed_dim", "n_interests", "max_len", "routing_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -66,10 +90,6 @@ def to_dict(config: Any) -> dict:
 
 def model_config_from_dict(values: dict) -> ModelConfig:
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    values = {"output_relu": True, **values}   # runs written before the field existed had the ReLU
+    values = {**LEGACY_DEFAULTS, **values}   # runs written before a field existed load as they were
     return ModelConfig(**{k: v for k, v in values.items() if k in known})
 
-
-def train_config_from_dict(values: dict) -> TrainConfig:
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in values.items() if k in known})

@@ -4,13 +4,24 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-MASKED_LOGIT = -1e9
+from model.routing import MASKED_LOGIT
 
 
-def full_softmax_loss(user: torch.Tensor, table: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def full_softmax_loss(user: torch.Tensor, table: torch.Tensor, target: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
     """user (B, d), table (N + 1, d) with row 0 = padding, target (B,) item indices -> scalar."""
-    logits = user @ table[1:].t()                                     # (B, N)
+    logits = user @ table[1:].t() / temperature                       # (B, N)
     return F.cross_entropy(logits, target - 1)
+
+
+def max_readout_loss(interests: torch.Tensor, active: torch.Tensor, table: torch.Tensor,
+                     target: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Full softmax where each item's logit is its best score over the ACTIVE capsules: the
+    ranking that retrieval's merge-by-score serves. interests (B, K, d), active (B, K) bool,
+    table (N + 1, d), target (B,) -> scalar."""
+    scores = torch.einsum("bkd,nd->bkn", interests, table[1:])        # (B, K, N)
+    scores = scores.masked_fill(~active.unsqueeze(2), MASKED_LOGIT)
+    return F.cross_entropy(scores.max(dim=1).values / temperature, target - 1)
 
 
 def sampling_distribution(item_counts: torch.Tensor, power: float = 0.75) -> torch.Tensor:

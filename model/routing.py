@@ -10,15 +10,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Literals inside the scripted functions below (TorchScript cannot close over float globals):
+# TorchScript cannot close over float globals, so the scripted functions below take these as
+# default arguments (evaluated in Python, compiled in as constants).
 MASKED_LOGIT = -1e9  # stands for -inf without producing NaN when a whole row is masked
 SQUASH_EPS = 1e-9    # keeps z / |z| finite for a zero capsule
 
 
-def squash(z: torch.Tensor) -> torch.Tensor:
+def squash(z: torch.Tensor, eps: float = SQUASH_EPS) -> torch.Tensor:
     """squash(z) = |z|^2 / (1 + |z|^2) * z / |z| over the LAST (embedding) axis; norms < 1."""
     sq_norm = (z * z).sum(-1, keepdim=True)
-    return z * (sq_norm / (1.0 + sq_norm)) / torch.sqrt(sq_norm + 1e-9)  # SQUASH_EPS
+    return z * (sq_norm / (1.0 + sq_norm)) / torch.sqrt(sq_norm + eps)
 
 
 def interest_count(n_real: torch.Tensor, max_interests: int, dynamic: bool) -> torch.Tensor:
@@ -30,15 +31,29 @@ def interest_count(n_real: torch.Tensor, max_interests: int, dynamic: bool) -> t
 
 
 def routing_weights(logits: torch.Tensor, mask: torch.Tensor, active: torch.Tensor,
-                    over_interests: bool) -> torch.Tensor:
+                    over_interests: bool, masked_logit: float = MASKED_LOGIT) -> torch.Tensor:
     """Masked routing softmax. logits (B, L, K), mask (B, L) bool, active (B, K) bool -> (B, L, K).
 
     Padding positions and inactive interests always get exactly zero weight.
     """
     keep = mask.unsqueeze(2) & active.unsqueeze(1)                    # (B, L, K)
-    masked = logits.masked_fill(~keep, -1e9)  # MASKED_LOGIT
+    masked = logits.masked_fill(~keep, masked_logit)
     weights = torch.softmax(masked, dim=2 if over_interests else 1)
     return weights * keep.to(weights.dtype)
+
+
+def pool(weights: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
+    """z_j = sum_i w_ij * (S e_i): weights (B, L, K), mapped (B, L, d) or (B, L, K, d) -> (B, K, d)."""
+    if mapped.dim() == 4:
+        return torch.einsum("blk,blkd->bkd", weights, mapped)
+    return torch.einsum("blk,bld->bkd", weights, mapped)
+
+
+def agreement(capsules: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
+    """c_j . (S e_i): capsules (B, K, d), mapped (B, L, d) or (B, L, K, d) -> (B, L, K)."""
+    if mapped.dim() == 4:
+        return torch.einsum("bkd,blkd->blk", capsules, mapped)
+    return torch.einsum("bkd,bld->blk", capsules, mapped)
 
 
 class B2IRouting(nn.Module):
@@ -46,18 +61,28 @@ class B2IRouting(nn.Module):
 
     def __init__(self, dim: int, n_interests: int, max_len: int, iterations: int = 3,
                  softmax_over_interests: bool = True, dynamic_k: bool = True, seed: int = 2020,
-                 init_std: float = 1.0):
+                 init_std: float = 1.0, per_interest_maps: bool = False):
         super().__init__()
         self.n_interests = n_interests
         self.iterations = iterations
         self.over_interests = softmax_over_interests
         self.dynamic_k = dynamic_k
-        # The shared bilinear map S (d x d): a trained parameter.
-        self.S = nn.Parameter(torch.randn(dim, dim) * dim ** -0.5)
+        # The bilinear map, a trained parameter: S (d x d) shared by every interest (the paper),
+        # or (K, d, d) with one W_j per interest (ComiRec-DR), whose learned differences make the
+        # capsules differ by content even when the initial logits are all equal.
+        shape = (n_interests, dim, dim) if per_interest_maps else (dim, dim)
+        self.S = nn.Parameter(torch.randn(shape) * dim ** -0.5)
         # Initial routing logits b_ij ~ N(0, init_std^2): drawn once from a seeded generator, stored with
-        # the model, never updated. Row t is the t-th position counted from the most recent end.
+        # the model, never updated. The LAST row goes with the newest behaviour (histories are
+        # left-padded, most recent last): a history of length L < max_len uses the last L rows.
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("initial_logits", torch.randn(max_len, n_interests, generator=generator) * init_std)
+
+    def map_behaviours(self, behaviours: torch.Tensor) -> torch.Tensor:
+        """behaviours (B, L, d) -> S e_i (B, L, d), or W_j e_i for every interest j (B, L, K, d)."""
+        if self.S.dim() == 3:
+            return torch.einsum("bld,ked->blke", behaviours, self.S)
+        return torch.matmul(behaviours, self.S.t())
 
     def forward(self, behaviours: torch.Tensor, mask: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -70,7 +95,7 @@ class B2IRouting(nn.Module):
         n_real = mask.long().sum(1)                                                      # (B,)
         k_user = interest_count(n_real, self.n_interests, self.dynamic_k)                # (B,)
         active = torch.arange(self.n_interests, device=mask.device).unsqueeze(0) < k_user.unsqueeze(1)
-        mapped = torch.matmul(behaviours, self.S.t())                                   # (B, L, d)  S e_i
+        mapped = self.map_behaviours(behaviours)                            # (B, L, d) or (B, L, K, d)
         mapped_fixed = mapped.detach()
         start = self.initial_logits.size(0) - length
         logits = self.initial_logits[start:].unsqueeze(0).expand(batch, length, self.n_interests)
@@ -80,8 +105,8 @@ class B2IRouting(nn.Module):
             weights = routing_weights(logits, mask, active, self.over_interests)         # (B, L, K)
             last = it == self.iterations - 1
             source = mapped if last else mapped_fixed
-            capsules = squash(torch.einsum("blk,bld->bkd", weights, source))             # (B, K, d)
+            capsules = squash(pool(weights, source))                                     # (B, K, d)
             if not last:   # stop-gradient: the logit update carries no gradient
-                logits = logits + torch.einsum("bkd,bld->blk", capsules.detach(), mapped_fixed)
+                logits = logits + agreement(capsules.detach(), mapped_fixed)
         capsules = capsules * active.unsqueeze(2).to(capsules.dtype)
         return capsules, active, weights.transpose(1, 2)

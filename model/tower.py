@@ -30,7 +30,8 @@ class InterestExtractor(nn.Module):
         d = config.embed_dim
         self.routing = B2IRouting(d, config.n_interests, config.max_len, config.routing_iters,
                                   config.routing_softmax == "interests", config.dynamic_k, config.init_seed,
-                                  config.routing_init_std)
+                                  config.routing_init_std, config.routing_maps == "per_interest")
+        self.normalize = config.normalize
         self.profile = nn.ModuleList([nn.Embedding(max(int(v), 1), config.profile_dim, padding_idx=0)
                                       for v in config.profile_vocab_sizes])
         self.profile_sizes = list(config.profile_vocab_sizes)
@@ -52,6 +53,8 @@ class InterestExtractor(nn.Module):
             parts.append(table(values).unsqueeze(1).expand(-1, k, -1))  # (B, K, profile_dim)
             i += 1
         interests = self.fusion(torch.cat(parts, dim=2))              # (B, K, d)
+        if self.normalize:
+            interests = nn.functional.normalize(interests, dim=2)     # a zero (inactive) capsule stays zero
         return interests * active.unsqueeze(2).to(interests.dtype), active, weights
 
 
@@ -70,6 +73,16 @@ def label_aware_attention(interests: torch.Tensor, active: torch.Tensor, label: 
         logits = (torch.sign(scores) * scores.abs().pow(pow_p)).clamp(-MAX_ATTENTION_LOGIT, MAX_ATTENTION_LOGIT)
     weights = torch.softmax(logits.masked_fill(~active, MASKED_LOGIT), dim=1)
     return torch.einsum("bk,bkd->bd", weights, interests)
+
+
+def hard_readout(interests: torch.Tensor, active: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """The active interest closest to the label (label-aware attention with p -> infinity).
+
+    interests (B, K, d), active (B, K) bool, label (B, d) -> (B, d).
+    """
+    scores = torch.einsum("bkd,bd->bk", interests, label).masked_fill(~active, MASKED_LOGIT)
+    best = scores.argmax(dim=1)                                       # (B,)
+    return interests[torch.arange(interests.size(0), device=interests.device), best]
 
 
 class UserTower(nn.Module):
@@ -104,8 +117,10 @@ class MIND(nn.Module):
         self.extractor = InterestExtractor(config)
 
     def item_vectors(self) -> torch.Tensor:
-        """(n_items + 1, d) float32: exactly the vectors the tower is trained against."""
-        return self.items.table()
+        """(n_items + 1, d) float32: exactly the vectors the tower is trained against (and the
+        index holds): L2-normalised when ``config.normalize``; row 0 (padding) is zero."""
+        table = self.items.table()
+        return nn.functional.normalize(table, dim=1) if self.config.normalize else table
 
     def interests(self, history: torch.Tensor, profile: torch.Tensor, table: torch.Tensor | None = None
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,8 +131,12 @@ class MIND(nn.Module):
 
     def forward(self, history: torch.Tensor, profile: torch.Tensor, target: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Training readout: (user vectors (B, d), item table (N + 1, d)); "max" readout scores
+        every item by its best capsule and goes through `model.loss.max_readout_loss` instead."""
         table = self.item_vectors()                                   # (N + 1, d)
         interests, active, _ = self.interests(history, profile, table)
+        if self.config.readout == "hard":
+            return hard_readout(interests, active, table[target]), table
         user = label_aware_attention(interests, active, table[target], self.config.pow_p)
         return user, table
 

@@ -222,7 +222,7 @@ def tiny_run(tmp_path_factory):
 
 def test_run_evaluation_end_to_end(tiny_run, capsys):
     from mind_recall.cli import main
-    from model.fit import held_out_set, retrieval_metrics
+    from model.train import held_out_set, retrieval_metrics
 
     run_dir, ds, model = tiny_run
     assert main(["evaluate", "--run", str(run_dir)]) == 0

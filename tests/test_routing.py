@@ -143,3 +143,36 @@ def test_initial_logit_scale_is_configurable_but_the_draw_is_the_same():
     narrow = B2IRouting(D, K, L, seed=7, init_std=0.01)
     torch.testing.assert_close(narrow.initial_logits, wide.initial_logits * 0.01)
     assert wide.initial_logits.std() > 0.5
+
+
+def test_per_interest_maps_separate_capsules_that_a_shared_map_cannot():
+    """With all-equal initial logits a shared S gives K identical capsules (nothing breaks the
+    symmetry); one W_j per interest (ComiRec-DR) makes them differ by content, deterministically."""
+    behaviours, mask = left_padded([12, 9])
+    torch.manual_seed(0)
+    shared = B2IRouting(D, K, L, seed=7, init_std=0.0, dynamic_k=False).eval()
+    torch.manual_seed(0)
+    per = B2IRouting(D, K, L, seed=7, init_std=0.0, dynamic_k=False, per_interest_maps=True).eval()
+    assert per.S.shape == (K, D, D) and shared.S.shape == (D, D)
+    same, _, _ = shared(behaviours, mask)
+    torch.testing.assert_close(same, same[:, :1].expand_as(same))
+    caps, _, _ = per(behaviours, mask)
+    unit = caps / caps.norm(dim=-1, keepdim=True)
+    cosine = unit @ unit.transpose(1, 2)                                   # (B, K, K)
+    assert cosine[:, ~torch.eye(K, dtype=torch.bool)].max() < 0.99
+    assert torch.equal(caps, per(behaviours, mask)[0])
+    alone, _, _ = per(behaviours[1:], mask[1:])
+    torch.testing.assert_close(alone, caps[1:], rtol=0, atol=1e-6)
+
+
+def test_hard_readout_picks_the_closest_active_interest():
+    from model.tower import hard_readout
+
+    interests = torch.randn(2, K, D)
+    active = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    label = interests[:, 1] * 3 + interests[:, 3] * 10                     # row 0: 3 is inactive
+    out = hard_readout(interests, active, label)
+    scores = torch.einsum("bkd,bd->bk", interests, label)
+    expected0 = interests[0, int(scores[0, :2].argmax())]
+    torch.testing.assert_close(out[0], expected0)
+    torch.testing.assert_close(out[1], interests[1, int(scores[1].argmax())])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model.config import ModelConfig, TrainConfig, model_config_from_dict, to_dict, train_config_from_dict
+from model.config import ModelConfig, TrainConfig, model_config_from_dict, to_dict
 from model.loss import full_softmax_loss, sampled_softmax_loss, sampling_distribution
 from model.tower import MIND
 
@@ -45,7 +45,7 @@ def test_config_json_round_trip():
     again = model_config_from_dict(json.loads(json.dumps(to_dict(config))))
     assert again == config
     train = TrainConfig(epochs=3, lr=0.01)
-    assert train_config_from_dict(json.loads(json.dumps(to_dict(train)))) == train
+    assert TrainConfig(**json.loads(json.dumps(to_dict(train)))) == train
     with pytest.raises(ValueError, match="routing_softmax"):
         dataclasses.replace(config, routing_softmax="capsules")
 
@@ -155,3 +155,44 @@ def test_sampled_softmax_with_logq_tracks_the_full_softmax_gradient():
     corrected = grad(lambda u: sampled_softmax_loss(u, table, target, q, 20000, torch.Generator().manual_seed(2)))
     assert F.cosine_similarity(full, corrected, dim=0) > 0.99   # 0.93 without the -log q terms
     assert torch.all(q[1:] > 0) and q[0] == 0
+
+
+def test_normalised_model_indexes_exactly_the_unit_vectors_it_is_trained_against():
+    model = make_model(normalize=True, temperature=0.1, routing_maps="per_interest")
+    table = model.item_vectors()
+    assert torch.all(table[0] == 0)
+    torch.testing.assert_close(table[1:].norm(dim=1), torch.ones(N_ITEMS))
+    h, p = histories([MAX_LEN, 5, 1]), profiles(3)
+    tower = torch.jit.script(model.user_tower())
+    capsules, active, _ = tower(h, p)
+    torch.testing.assert_close(capsules[active].norm(dim=1), torch.ones(int(active.sum())))
+    assert torch.all(capsules[~active] == 0)
+    torch.testing.assert_close(tower.item_table, table.detach())
+    torch.testing.assert_close(capsules, model.user_tower()(h, p)[0], rtol=0, atol=1e-5)
+
+
+def test_max_readout_loss_scores_each_item_by_its_best_active_capsule():
+    from model.loss import max_readout_loss
+
+    interests, table = torch.randn(3, K, D), torch.randn(N_ITEMS + 1, D)
+    active = torch.tensor([[True, True, False, False], [True] * 4, [True, False, False, False]])
+    target = torch.tensor([4, 9, 1])
+    scores = torch.einsum("bkd,nd->bkn", interests, table[1:])
+    best = torch.stack([scores[b, active[b]].max(0).values for b in range(3)])
+    torch.testing.assert_close(max_readout_loss(interests, active, table, target, 0.5),
+                               F.cross_entropy(best / 0.5, target - 1))
+    one = torch.tensor([[True, False, False, False]] * 3)
+    torch.testing.assert_close(max_readout_loss(interests, one, table, target),
+                               full_softmax_loss(interests[:, 0], table, target))
+
+
+def test_configs_written_before_the_interest_fields_load_with_the_old_behaviour():
+    old = {k: v for k, v in to_dict(make_model().config).items()
+           if k not in ("readout", "routing_maps", "normalize", "temperature", "output_relu")}
+    config = model_config_from_dict(old)
+    assert (config.readout, config.routing_maps, config.normalize, config.temperature, config.output_relu) == \
+        ("attention", "shared", False, 1.0, True)
+    with pytest.raises(ValueError, match="readout"):
+        dataclasses.replace(config, readout="soft")
+    with pytest.raises(ValueError, match="loss 'full'"):
+        dataclasses.replace(config, readout="max", loss="sampled")

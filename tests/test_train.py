@@ -14,9 +14,9 @@ import torch
 
 from mind_recall.cli import main as mind
 from model.config import ModelConfig, TrainConfig
-from model.data import build_dataset
+from model.data import build_dataset, load_interactions, training_samples
 from model.data.synthetic import SyntheticSpec, generate_with_truth, write_recbole
-from model.fit import Progress, fit, held_out_set, user_interests
+from model.train import Progress, fit, held_out_set, rank_batches, user_interests
 from model.retrieval import multi_interest_topn
 from model.run import load_run
 from model.tower import MIND
@@ -127,15 +127,41 @@ def test_mind_train_refuses_to_overwrite_and_reports_bad_data(tiny_log, tmp_path
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.slow
-def test_torchrun_ddp_two_processes_on_gloo(tiny_log, tmp_path):
-    out = tmp_path / "ddp"
+def torchrun_train(tiny_log: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "mind_recall.cli", "train", "--data", str(tiny_log), "--out", str(out), "--no-baselines",
-           "--device", "cpu", *TINY_ARGS]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+           "--device", "cpu", *TINY_ARGS, *extra]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_processes_on_gloo(tiny_log, tmp_path):
+    out = tmp_path / "ddp"
+    done = torchrun_train(tiny_log, out)
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["test"]["recall@50"] >= 0
     load_run(out)
+
+
+def test_ranks_take_the_same_number_of_steps_when_samples_do_not_split_evenly():
+    for n, batch in ((481, 240), (7, 3), (1, 4), (1000, 64)):
+        shards = [rank_batches(n, batch, np.random.default_rng(9), rank, 2) for rank in (0, 1)]
+        assert len(shards[0]) == len(shards[1]), (n, batch)
+        seen = np.concatenate([np.concatenate(s) for s in shards if s] or [np.empty(0, np.int64)])
+        assert len(seen) == n - n % 2 and len(np.unique(seen)) == len(seen)   # disjoint shards
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_finishes_when_samples_do_not_split_evenly(tiny_log, tmp_path):
+    """481 training positions over 2 ranks with batch 240: split naively, rank 0 holds 241
+    samples (2 steps) and rank 1 240 (1 step), and rank 0's second backward waits forever on a
+    gradient all-reduce that rank 1 never joins. Equalised shards finish."""
+    ds = build_dataset(load_interactions(tiny_log), k_core=5, seed=2020)
+    n = len(training_samples(ds, 10)[1])
+    assert n % 2 == 1, n                                 # the case under test: an odd count
+    out = tmp_path / "ddp-uneven"
+    done = torchrun_train(tiny_log, out, "--samples-per-user", "0", "--batch-size", str(n // 2))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["world_size"] == 2
