@@ -1,12 +1,12 @@
 """Does `explain` mean something? On the planted synthetic set (model.data.synthetic), train
-MIND with `mind train` (the default config), then, for every held-out test user and active
-interest, take the history items the service's `explain` names (most routing weight for that
+MIND with `mind train` (the default config), then, for every user (history: the protocol's
+first 80% of the sequence) and active interest, take the history items the service's `explain` names (most routing weight for that
 interest: service.pipeline.top_routing_positions, `explain_items` = 3 of them) and measure
 their purity: the share of the majority planted cluster among them, averaged over
 (user, interest). Beside it: the purity of the same number of history items picked at random
 per (user, interest) (what an `explain` that means nothing scores), and the capsule cosine.
 
-    nice -n 10 python bench/explain_purity.py [--users 600] [--epochs 10] [-- extra `mind train` flags]
+    nice -n 10 python bench/explain_purity.py [--users 600] [-- extra `mind train` flags]
 
 Prints the command, the machine, and one JSON line.
 """
@@ -77,27 +77,30 @@ def named_clusters(weights: np.ndarray, active: np.ndarray, clusters: np.ndarray
 
 
 def explain_purity(run_dir: Path, truth: PlantedTruth, n: int = EXPLAIN_ITEMS) -> dict:
-    """Purity of what `explain` names vs random picks, on the run's held-out test users."""
-    from model.eval_sources import dataset_from_config, held_out_users, read_json_file, run_retriever
-    from model.run import load_run
+    """Purity of what `explain` names vs random picks, over every user of the run's dataset
+    (history = the protocol's first 80% of the sequence, its last max_len items; no target is
+    involved, so train users count too and make the estimate tighter)."""
+    from model.data import holdout
+    from model.eval_sources import HISTORY_FRACTION, dataset_from_config, read_json_file
+    from model.run import config_max_len, load_run
 
     config = read_json_file(run_dir / "config.json")
     ds = dataset_from_config(config["data"], None, str(run_dir / "config.json"))
-    retriever, max_len = run_retriever(run_dir, ds.items.tokens[1:], "cpu")
-    held = held_out_users(ds, "test", max_len)
-    profiles = retriever.encode_profiles(held.profile_values, len(held.histories))      # (U, P)
-    tower = load_run(run_dir)[0].user_tower()
+    users = np.concatenate([ds.train_users, ds.val_users, ds.test_users])
+    histories, _, kept = holdout(ds, users, config_max_len(config), HISTORY_FRACTION)  # (U, L)
+    model = load_run(run_dir)[0]
     with torch.no_grad():
-        capsules, active, weights = tower(torch.as_tensor(held.histories), torch.as_tensor(profiles))
+        capsules, active, weights = model.user_tower()(torch.as_tensor(histories),
+                                                       torch.as_tensor(ds.profile_matrix(kept)))
     tokens = np.array(ds.items.tokens, dtype=object)
-    clusters = np.array([[truth.item_cluster.get(t, -1) for t in row] for row in tokens[held.histories]])
-    real = held.histories > 0                                                          # (U, L)
+    clusters = np.array([[truth.item_cluster.get(t, -1) for t in row] for row in tokens[histories]])
+    real = histories > 0                                                               # (U, L)
     weights, active = weights.numpy(), active.numpy()
     named = named_clusters(weights, active, clusters, real, n)
     picked = named_clusters(weights, active, clusters, real, n, np.random.default_rng(RANDOM_SEED))
     return {"purity": majority_purity(named), "random_purity": majority_purity(picked),
             "capsule_cosine": capsule_cosine(capsules.numpy(), active), "explain_items": n,
-            "users": len(held.histories), "interests": len(named)}
+            "users": len(histories), "interests": len(named)}
 
 
 def main(argv: list[str]) -> int:
