@@ -240,7 +240,7 @@ def test_run_evaluation_end_to_end(tiny_run, capsys):
         trainer_view = retrieval_metrics(model, cases, torch.device("cpu"), exclude_history=exclude)
         assert result["metrics"][setting]["MIND"] == pytest.approx(trainer_view, abs=1e-6)
     # Diversity beside the metrics: MIND's cosine is that of the trainer's capsules; K=1 has no pair.
-    from model.fit import user_interests
+    from model.train import user_interests
     from model.metrics import capsule_cosine
 
     capsules, active = user_interests(model, cases.histories, cases.profiles, torch.device("cpu"))
