@@ -45,7 +45,7 @@ def dataset_from_config(data_cfg: dict, data_override: Path | None, where: str,
     users and split), else the numbers would be for other users: an EvaluationError.
     """
     from model.data import DataFormatError
-    from model.data.runfiles import RunDataMismatch, rebuild_dataset
+    from model.data import RunDataMismatch, rebuild_dataset
 
     if data_override is None and not data_cfg.get("source"):
         raise EvaluationError(f"{where}: its data config has no 'source'; pass --data PATH")

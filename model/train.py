@@ -26,7 +26,7 @@ from torch import nn
 
 from model.config import LOSSES, READOUTS, ROUTING_AXES, ROUTING_MAPS, ModelConfig, TrainConfig
 from model.data import SequenceDataset, holdout, training_samples
-from model.data.formats import FORMATS
+from model.data import FORMATS
 from model.eval_sources import HISTORY_FRACTION
 from model.loss import full_softmax_loss, max_readout_loss, sampled_softmax_loss, sampling_distribution
 from model.metrics import evaluate_rankings
@@ -122,8 +122,8 @@ def main(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------- data
 def load_dataset(args: argparse.Namespace) -> tuple[SequenceDataset, dict]:
     from model.data import build_dataset, load_interactions
-    from model.data.runfiles import data_config
-    from model.data.sources import resolve_data_source
+    from model.data import data_config
+    from model.data import resolve_data_source
 
     path = resolve_data_source(args.data)
     loader = {k: getattr(args, k) for k in ("fmt", "user_col", "item_col", "time_col", "sep") if getattr(args, k)}

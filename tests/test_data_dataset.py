@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from model.data import Vocab, build_dataset, holdout, load_interactions, split_users, training_samples
-from model.data.interactions import make_interactions
-from model.data.kcore import k_core_mask
-from model.data.runfiles import RunDataMismatch, data_config, rebuild_dataset, vocabs_from_json
-from model.data.synthetic import write_recbole
+from model.data import make_interactions
+from model.data.dataset import k_core_mask
+from model.data import RunDataMismatch, data_config, rebuild_dataset
+from model.data import write_recbole
 
 
 def log(rows, profiles=None, features=None):
@@ -127,7 +127,7 @@ def test_run_files_round_trip_and_detect_a_changed_log(tmp_path):
     vocab, split = json.loads(json.dumps(ds.vocab_json())), json.loads(json.dumps(ds.split_json()))
     again = rebuild_dataset(config, vocab=vocab, split=split)
     assert all(np.array_equal(ds.sequences[u], again.sequences[u]) for u in ds.sequences)
-    assert vocabs_from_json(vocab).items == ds.items
+    assert Vocab.from_json(vocab["items"]) == ds.items
     assert sorted(sum(split.values(), [])) == sorted(ds.users.tokens[1:])
     write_recbole(log(rows[:-5]), tmp_path, "tiny")  # a user disappears from the log
     with pytest.raises(RunDataMismatch, match="vocab.json\\['users'\\]"):

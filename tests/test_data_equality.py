@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from model.data import build_dataset, load_interactions
-from model.data.synthetic import SyntheticSpec, generate, write_recbole
+from model.data import SyntheticSpec, generate, write_recbole
 from tests.conftest import SHARED_DATA
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"

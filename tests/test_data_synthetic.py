@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from model.data import build_dataset, load_interactions
-from model.data.download import DownloadError, fetch_movielens
-from model.data.sources import resolve_data_source
-from model.data.synthetic import SyntheticSpec, generate, generate_with_truth, write_recbole
+from model.data import DownloadError, fetch_movielens
+from model.data import resolve_data_source
+from model.data import SyntheticSpec, generate, generate_with_truth, write_recbole
 
 SMALL = SyntheticSpec(n_users=120, n_items=400, n_clusters=6, min_events=20, max_events=40, seed=5)
 

@@ -151,8 +151,8 @@ def test_bundle_evaluation_matches_the_direct_protocol(tmp_path, capsys):
     """`mind evaluate --bundle`: TorchScript tower + the bundle's index on the manifest's split."""
     from mind_recall.cli import main
     from model.bundle import write_bundle
-    from model.data.runfiles import data_config, rebuild_dataset
-    from model.data.synthetic import SyntheticSpec, generate, write_recbole
+    from model.data import data_config, rebuild_dataset
+    from model.data import SyntheticSpec, generate, write_recbole
     from model.eval_sources import held_out_users
 
     spec = SyntheticSpec(n_users=150, n_items=80, n_clusters=6, min_events=8, max_events=20)
@@ -208,8 +208,8 @@ def write_untrained_run(run_dir, ds, data_cfg, n_interests: int, seed: int = 0):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """(run dir, dataset, MIND) on a small planted dataset, with a K=1 baseline run inside."""
-    from model.data.runfiles import data_config, rebuild_dataset
-    from model.data.synthetic import SyntheticSpec, generate, write_recbole
+    from model.data import data_config, rebuild_dataset
+    from model.data import SyntheticSpec, generate, write_recbole
 
     tmp = tmp_path_factory.mktemp("evalrun")
     spec = SyntheticSpec(n_users=200, n_items=120, n_clusters=6, min_events=8, max_events=25)

@@ -15,7 +15,7 @@ import torch
 from mind_recall.cli import main as mind
 from model.config import ModelConfig, TrainConfig
 from model.data import build_dataset, load_interactions, training_samples
-from model.data.synthetic import SyntheticSpec, generate_with_truth, write_recbole
+from model.data import SyntheticSpec, generate_with_truth, write_recbole
 from model.train import Progress, fit, held_out_set, rank_batches, user_interests
 from model.retrieval import multi_interest_topn
 from model.run import load_run

@@ -1,24 +1,33 @@
-"""From an interaction log to the model's view: id vocabularies, k-core filter, chronological
-sequences, side-feature matrices and the seeded user split (spec section 3).
+"""From an interaction log to the model's view (spec section 3): id vocabularies, the
+iterative k-core filter, chronological sequences, side-feature matrices, the seeded user
+split, training samples and held-out cases, and the data part of a run directory.
 
 Conventions (docs/architecture.md): item and user indices are contiguous, ``0`` = padding /
 unknown. User and item vocabularies are in natural id order (all-digit ids numerically, then
 the rest as strings), so the seeded split does not depend on the row order of the file;
-side-feature vocabularies are in order of first appearance.
+side-feature vocabularies are in order of first appearance. Histories are (rows, max_len)
+int64, left-padded with 0, most recent item last.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from model.data.interactions import Interactions
-from model.data.kcore import k_core_mask
-from model.data.samples import holdout, training_samples
-
-__all__ = ["PAD", "Vocab", "SequenceDataset", "build_dataset", "split_users", "training_samples", "holdout"]
+from model.data.logs import Interactions
+from model.data.readers import load_interactions
+from model.data.sources import resolve_data_source
 
 PAD = "<pad>"
+# The protocol's held-out split: history = the first 80% of a sequence, targets = the rest.
+HISTORY_FRACTION = 0.8
+# Guards floor(n * fraction) against float error (0.29 * 100 = 28.999...).
+FLOOR_TOLERANCE = 1e-9
+LOADER_KEYS = ("fmt", "user_col", "item_col", "time_col", "sep", "user_features", "item_features")
+BUILD_KEYS = ("k_core", "seed", "split")
+INT64_DIGITS = 18  # every 18-digit decimal fits in int64
 
 
 @dataclass(frozen=True)
@@ -124,27 +133,76 @@ def build_dataset(interactions: Interactions, *, k_core: int = 5, seed: int = 20
     Sequences are sorted by timestamp, ties kept in file order. Raises ValueError when the
     k-core filter leaves nothing.
     """
-    users_ext, items_ext = interactions.user_ids, interactions.item_ids
-    keep = k_core_mask(users_ext, items_ext, k_core)
+    log = interactions
+    keep = k_core_mask(log.user_codes, log.item_codes, k_core)  # (N,) bool
     if not keep.any():
-        raise ValueError(f"the {k_core}-core filter removed every one of the {len(keep)} interactions")
-    users_ext, items_ext, times = users_ext[keep], items_ext[keep], interactions.timestamps[keep]
-    users = Vocab.from_tokens(sorted(set(users_ext), key=natural_key))
-    items = Vocab.from_tokens(sorted(set(items_ext), key=natural_key))
-    user_idx, item_idx = users.indices(users_ext), items.indices(items_ext)
-    order = np.lexsort((times, user_idx))  # stable: equal times keep file order
-    bounds = np.flatnonzero(np.diff(user_idx[order])) + 1
-    sequences = {int(user_idx[chunk[0]]): item_idx[chunk] for chunk in np.split(order, bounds)}
-    item_side, item_side_vocabs = _item_side(items, interactions.item_features)
-    user_profile, user_profile_vocabs = _user_profile(users, interactions.user_profiles)
+        raise ValueError(f"the {k_core}-core filter removed every one of the {len(log)} interactions")
+    users, user_index = natural_vocab(log.user_keys, log.user_codes[keep])
+    items, item_index = natural_vocab(log.item_keys, log.item_codes[keep])
+    user_idx = user_index[log.user_codes[keep]]  # (M,) int32
+    order = np.argsort(log.timestamps[keep], kind="stable")  # (M,) equal times keep file order
+    key = user_idx[order].astype(np.int64) * len(order)
+    key += np.arange(len(order))  # unique keys: the fast unstable sort is stable by user, then time
+    order = order[np.argsort(key)]
+    del key
+    user_idx, item_idx = user_idx[order], item_index[log.item_codes[keep][order]].astype(np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(user_idx)) + 1]  # (U,) first position of each user
+    ends = np.r_[starts[1:], len(order)].tolist()
+    sequences = {u: item_idx[a:b] for u, a, b in zip(user_idx[starts].tolist(), starts.tolist(), ends)}
+    item_side, item_side_vocabs = _item_side(items, log.item_features)
+    user_profile, user_profile_vocabs = _user_profile(users, log.user_profiles)
     train, val, test = split_users(len(users) - 1, seed, split)
     return SequenceDataset(items, users, sequences, item_side, item_side_vocabs,
                            user_profile, user_profile_vocabs, train, val, test)
 
 
+def k_core_mask(user_codes: np.ndarray, item_codes: np.ndarray, k: int) -> np.ndarray:
+    """(N,) bool: the interactions that survive repeatedly dropping users and items with
+    fewer than `k` interactions until every remaining user and item has at least `k`.
+    Repeated (user, item) pairs count once per row. ``k <= 1`` keeps everything."""
+    n = len(user_codes)
+    if k <= 1 or n == 0:
+        return np.ones(n, dtype=bool)
+    users, items = (np.unique(c, return_inverse=True)[1].ravel() if c.dtype == object else c
+                    for c in (user_codes, item_codes))
+    alive = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)  # (M,) rows still in, shrinking
+    while True:
+        ok = (np.bincount(users)[users] >= k) & (np.bincount(items)[items] >= k)
+        if ok.all():
+            break
+        alive, users, items = alive[ok], users[ok], items[ok]
+    keep = np.zeros(n, dtype=bool)
+    keep[alive] = True
+    return keep
+
+
 def natural_key(token: str) -> tuple:
     """Sort key: all-digit ids by value (ties by text), before any other id, by text."""
     return (0, int(token), token) if token.isascii() and token.isdigit() else (1, 0, token)
+
+
+def natural_order(tokens: np.ndarray) -> np.ndarray:
+    """Indices that sort `tokens` ((V,) object str) by `natural_key`, vectorised: ASCII digit
+    ids by (value, text), then the rest by text (UTF-8 byte order is code point order)."""
+    text = pa.array(tokens, pa.string())
+    if pc.any(pc.match_substring_regex(text, f"^[0-9]{{{INT64_DIGITS + 1},}}$")).as_py():
+        return np.array(sorted(range(len(tokens)), key=lambda j: natural_key(tokens[j])), dtype=np.int64)
+    digits = pc.match_substring_regex(text, "^[0-9]+$")
+    values = pc.cast(pc.if_else(digits, text, "0"), pa.int64()).to_numpy()
+    text_rank = np.empty(len(tokens), dtype=np.int64)
+    text_rank[pc.sort_indices(text).to_numpy()] = np.arange(len(tokens))
+    return np.lexsort((text_rank, values, ~digits.to_numpy(zero_copy_only=False)))
+
+
+def natural_vocab(keys: np.ndarray, codes: np.ndarray) -> tuple["Vocab", np.ndarray]:
+    """The `Vocab` of the keys that `codes` use, in natural id order, and (K,) int64 code ->
+    vocabulary index (0 for unused keys)."""
+    present = np.flatnonzero(np.bincount(codes, minlength=len(keys)))  # (V,) used codes
+    tokens = keys[present]
+    order = natural_order(tokens)
+    index = np.zeros(len(keys), dtype=np.int32)
+    index[present[order]] = np.arange(1, len(order) + 1)
+    return Vocab((PAD, *tokens[order].tolist())), index
 
 
 def split_users(n_users: int, seed: int, split=(0.8, 0.1, 0.1)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -182,3 +240,116 @@ def _user_profile(users: Vocab, profiles: dict[str, dict[str, str]]) -> tuple[di
         columns[name] = np.concatenate([[0], vocab.indices(values)]).astype(np.int64)
         vocabs[name] = vocab
     return columns, vocabs
+
+
+def training_samples(ds: SequenceDataset, max_len: int, rng: np.random.Generator | None = None,
+                     max_per_user: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (history, target) pair of the train users' sequences.
+
+    For train user u and position t >= 1 of its sequence s: history = s[max(0, t - max_len):t]
+    left-padded to `max_len`, target = s[t]. With `max_per_user`, at most that many positions
+    per user are drawn without replacement from `rng` (``default_rng(0)`` when None); call
+    again each epoch for fresh positions. Rows come user by user (in ``ds.train_users``
+    order), positions ascending; shuffle them yourself.
+
+    Returns histories (S, max_len) int64, targets (S,) int64, users (S,) int64 user indices.
+    """
+    train = np.asarray(ds.train_users, dtype=np.int64)
+    seqs = [ds.sequences[int(u)] for u in train]
+    if not seqs:
+        return np.zeros((0, max_len), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)  # (U,)
+    flat = np.concatenate(seqs).astype(np.int64)  # (sum lengths,)
+    starts = np.cumsum(lengths) - lengths  # (U,) offset of each sequence in flat
+    n_pos = np.maximum(lengths - 1, 0)  # (U,) positions t >= 1
+    owner = np.repeat(np.arange(len(train)), n_pos)  # (S,) which train user
+    group_start = np.repeat(np.cumsum(n_pos) - n_pos, n_pos)  # (S,)
+    t = np.arange(len(owner)) - group_start + 1  # (S,) position within the sequence
+    if max_per_user is not None:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        order = np.lexsort((rng.random(len(owner)), owner))  # shuffled within each user
+        chosen = np.sort(order[(np.arange(len(owner)) - group_start) < max_per_user])
+        owner, t = owner[chosen], t[chosen]
+    pos = starts[owner] + t  # (S,) index of the target in flat
+    window = pos[:, None] - max_len + np.arange(max_len)[None, :]  # (S, max_len)
+    valid = window >= starts[owner][:, None]
+    histories = np.where(valid, flat[np.maximum(window, 0)], 0)
+    return histories.astype(np.int64), flat[pos], train[owner]
+
+
+def holdout(ds: SequenceDataset, users, max_len: int,
+            history_frac: float = HISTORY_FRACTION) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Evaluation cases for `users` (validation or test user indices).
+
+    A sequence of n items splits at h = floor(n * history_frac), clamped to 1 <= h <= n - 1
+    so that both parts are non-empty: history = the last `max_len` of s[:h] (left-padded),
+    targets = s[h:] in time order. Users with fewer than 2 items cannot be split and are
+    left out, so use the returned `users`.
+
+    Returns histories (U, max_len) int64, targets (list of U (n_u - h_u,) int64 arrays),
+    users (U,) int64.
+    """
+    kept, histories, targets = [], [], []
+    for user in np.asarray(users, dtype=np.int64):
+        seq = ds.sequences[int(user)]
+        n = len(seq)
+        if n < 2:
+            continue
+        h = min(max(1, int(n * history_frac + FLOOR_TOLERANCE)), n - 1)
+        history = seq[:h][-max_len:]
+        row = np.zeros(max_len, dtype=np.int64)
+        row[max_len - len(history):] = history
+        kept.append(user)
+        histories.append(row)
+        targets.append(np.asarray(seq[h:], dtype=np.int64))
+    stacked = np.stack(histories) if histories else np.zeros((0, max_len), np.int64)
+    return stacked, targets, np.array(kept, dtype=np.int64)
+
+
+# ---- the data part of a run directory: config.json["data"], vocab.json, split.json ----
+
+class RunDataMismatch(ValueError):
+    """The rebuilt dataset differs from the one a run saved (the log changed on disk)."""
+
+
+def data_config(source, *, k_core: int = 5, seed: int = 2020, split=(0.8, 0.1, 0.1), **loader) -> dict:
+    """The JSON-able ``config.json["data"]`` that `rebuild_dataset` reads back.
+    `loader` holds `load_interactions` keyword arguments (``fmt``, ``user_col``, ...)."""
+    unknown = set(loader) - set(LOADER_KEYS)
+    if unknown:
+        raise TypeError(f"unknown loader options {sorted(unknown)}; known: {LOADER_KEYS}")
+    return {"source": str(source), **{k: v for k, v in loader.items() if v is not None},
+            "k_core": int(k_core), "seed": int(seed), "split": [float(f) for f in split]}
+
+
+def rebuild_dataset(config: dict, *, vocab: dict | None = None, split: dict | None = None,
+                    source=None) -> SequenceDataset:
+    """The dataset `config` describes (`source` overrides its path). With the saved
+    `vocab` / `split` JSON, checks that the rebuild is identical; raises RunDataMismatch."""
+    path = resolve_data_source(source if source is not None else config["source"])
+    interactions = load_interactions(path, **{k: config[k] for k in LOADER_KEYS if config.get(k) is not None})
+    build = {k: config[k] for k in BUILD_KEYS if k in config}
+    if "split" in build:
+        build["split"] = tuple(build["split"])
+    ds = build_dataset(interactions, **build)
+    check_saved(ds, vocab, split)
+    return ds
+
+
+def check_saved(ds: SequenceDataset, vocab: dict | None, split: dict | None) -> None:
+    """Raise RunDataMismatch naming the first part of vocab.json / split.json that differs."""
+    parts = []
+    if vocab is not None:
+        parts += [(f"vocab.json[{k!r}]", ds.vocab_json()[k], vocab.get(k)) for k in ("items", "users", "item_side", "user_profile")]
+    if split is not None:
+        parts += [(f"split.json[{k!r}]", ds.split_json()[k], split.get(k)) for k in ("train", "validation", "test")]
+    for name, rebuilt, saved in parts:
+        if rebuilt != saved:
+            raise RunDataMismatch(f"{name} differs from the rebuilt dataset: the interaction log or "
+                                  f"loader options changed since the run was trained")
+
+
+def load_dataset(source, *, k_core: int = 5, seed: int = 2020, split=(0.8, 0.1, 0.1), **loader) -> SequenceDataset:
+    """`build_dataset(load_interactions(resolve_data_source(source), **loader), ...)`."""
+    path = resolve_data_source(source)
+    return build_dataset(load_interactions(path, **loader), k_core=k_core, seed=seed, split=tuple(split))

@@ -1,0 +1,310 @@
+"""`load_interactions`: one entry point for every interaction-log format users have.
+
+| fmt | file | detected by |
+| --- | --- | --- |
+| ``movielens-100k`` | ``u.data`` (tab, no header) + ``u.user``, ``u.item`` | name ``u.data`` |
+| ``movielens-dat`` | ``ratings.dat`` (``::``) + ``users.dat``, ``movies.dat`` | ``::`` in the first line |
+| ``movielens-csv`` | ``ratings.csv`` (ml-latest) + ``movies.csv`` | a ``ratings.csv`` whose header is ``userId,movieId,...`` |
+| ``recbole`` | ``<stem>.inter`` (+ ``.user``, ``.item``) | ``.inter``, or a typed header (``user_id:token``) |
+| ``csv`` / ``tsv`` | any table with a header row | ``.csv`` / ``.tsv`` / ``.txt`` / ``.tab`` |
+| ``parquet`` | any Parquet table | ``.parquet`` / ``.pq`` |
+
+A folder is accepted when it holds exactly one recognisable interaction file. MovieLens side
+files are latin-1. RecBole side files: users get their ``token`` columns, items their
+``token_seq`` columns (space-separated lists), each subject to the cardinality rule
+(`logs.is_dense_enough`). A generic table's side features are named columns of the same
+table: a user feature takes the user's first row's value, an item feature cell is a
+``|``-separated token list (the item's first row wins).
+"""
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from model.data.logs import (DataFormatError, Interactions, Invalid, SideTable, checked_columns, choose_features,
+                             first_line, from_columns, header_row, log_columns, log_kinds, pick_columns,
+                             profile_values, read_rows, separator, side_rows)
+
+LATIN1 = "latin-1"
+ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+                 "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+                 "Romance", "Sci-Fi", "Thriller", "War", "Western")
+NO_GENRES = "(no genres listed)"
+ITEM_TOKEN_SEP = "|"
+FOLDER_ENTRIES = ("u.data", "ratings.dat", "ratings.csv")
+TYPED_HEADER_MARKERS = (":token", ":float")
+KNOWN_TYPES = ("token", "token_seq", "float", "float_seq")
+MOVIELENS_AT = {"user": 0, "item": 1, "time": 3}  # user, item, rating, timestamp
+
+
+def load_interactions(path, *, fmt=None, user_col=None, item_col=None, time_col=None, sep=None,
+                      user_features=None, item_features=None) -> Interactions:
+    """Read an interaction log (and its side files) into `Interactions`.
+
+    `user_features` / `item_features`: column names to use (``[]`` for none); ``None`` picks
+    the format's defaults. Raises `DataFormatError` (``FILE:LINE: problem``) on bad input and
+    `FileNotFoundError` when `path` does not exist.
+    """
+    path = _interaction_file(Path(path))
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise DataFormatError(path, None, f"unknown format {fmt!r}; known formats: {sorted(FORMATS)}")
+    given = {"user": user_col, "item": item_col, "time": time_col}
+    fixed = {k: v for k, v in (("user_col", user_col), ("item_col", item_col), ("time_col", time_col), ("sep", sep)) if v is not None}
+    if fmt.startswith("movielens") and fixed:
+        raise DataFormatError(path, None, f"{fmt} has fixed columns, so {sorted(fixed)} cannot apply; "
+                                          f"use fmt='csv' or 'tsv' to name columns")
+    log, users, items = FORMATS[fmt](path, separator(path, fmt, sep), given, user_features, item_features)
+    profiles = profile_values(choose_features(users[0], user_features, "token", users[1]))
+    features = choose_features(items[0], item_features, "token_seq", items[1])
+    pa.default_memory_pool().release_unused()  # the read's buffers: ~100 MiB at 2M rows, else kept by the pool
+    return Interactions(log.user_codes, log.user_keys, log.item_codes, log.item_keys, log.timestamps, profiles, features)
+
+
+def detect_format(path: Path) -> str:
+    """The ``fmt`` name for `path` from its name, extension and first line."""
+    name, suffix = path.name.lower(), path.suffix.lower()
+    if name == "u.data":
+        return "movielens-100k"
+    if suffix == ".inter":
+        return "recbole"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    first = first_line(path)
+    if not first.strip():
+        raise DataFormatError(path, 1, "empty file")
+    if any(marker in first for marker in TYPED_HEADER_MARKERS):
+        return "recbole"
+    if "::" in first:
+        return "movielens-dat"
+    if suffix == ".csv":
+        header = [h.strip() for h in first.split(",")]
+        return "movielens-csv" if header[:2] == ["userId", "movieId"] and name == "ratings.csv" else "csv"
+    if suffix in (".tsv", ".txt", ".tab"):
+        return "tsv"
+    raise DataFormatError(path, None, f"unknown format (name {path.name!r}, first line {first[:60]!r}); "
+                                      f"pass fmt= one of {sorted(FORMATS)}")
+
+
+def _interaction_file(path: Path) -> Path:
+    """`path` itself, or the single interaction file inside a folder."""
+    if not path.exists():
+        raise FileNotFoundError(f"interaction log not found: {path}")
+    if not path.is_dir():
+        return path
+    found = [path / n for n in FOLDER_ENTRIES if (path / n).is_file()] + sorted(path.glob("*.inter"))
+    if len(found) != 1:
+        raise DataFormatError(path, None, f"folder must hold exactly one interaction file ({', '.join(FOLDER_ENTRIES)} or *.inter); found {[p.name for p in found]}")
+    return found[0]
+
+
+# A reader: (path, sep, given columns, user_features, item_features) ->
+#   (log, (user SideTable | None, its path), (item SideTable | None, its path))
+
+def read_udata(path: Path, sep: str, given, user_features, item_features):
+    """ml-100k ``u.data`` (``user item rating timestamp``) with ``u.user`` / ``u.item``."""
+    log, _ = log_columns(path, sep, 4, MOVIELENS_AT, encoding=LATIN1)
+    folder = path.parent
+    genres = _udata_genre_names(folder / "u.genre")
+    users = _movielens_users(folder / "u.user", "|", {"age": 1, "gender": 2, "occupation": 3, "zip_code": 4})
+    items = _movielens_items(folder / "u.item", "|", 5 + len(genres),
+                             lambda f: [g for g, flag in zip(genres, f[5:]) if flag.strip() == "1"])
+    return log, (users, folder / "u.user"), (items, folder / "u.item")
+
+
+def read_dat(path: Path, sep: str, given, user_features, item_features):
+    """ml-1m / ml-10m ``ratings.dat`` with ``users.dat`` / ``movies.dat``."""
+    log, _ = log_columns(path, sep, 4, MOVIELENS_AT, encoding=LATIN1)
+    folder = path.parent
+    users = _movielens_users(folder / "users.dat", sep, {"gender": 1, "age": 2, "occupation": 3, "zip_code": 4})
+    items = _movielens_items(folder / "movies.dat", sep, 3, lambda f: _genre_list(f[2]))
+    return log, (users, folder / "users.dat"), (items, folder / "movies.dat")
+
+
+def read_latest_csv(path: Path, sep: str, given, user_features, item_features):
+    """ml-latest ``ratings.csv`` (header ``userId,movieId,rating,timestamp``) with ``movies.csv``."""
+    line, header = header_row(path, sep)
+    names = pick_columns(path, line, header, {"user": "userId", "item": "movieId", "time": "timestamp"})
+    log, _ = log_columns(path, sep, len(header), _positions(header, names), skip=line)
+    movies, items = path.parent / "movies.csv", None
+    if movies.is_file():
+        movie_line, movie_header = header_row(movies, ",")
+        wanted = {"item": "movieId", "genres": "genres"}
+        at = _positions(movie_header, pick_columns(movies, movie_line, movie_header, wanted, roles=tuple(wanted)))
+        rows = side_rows(movies, ",", len(movie_header), at["item"], skip=movie_line)
+        items = SideTable(movies, _first_rows(rows, at["item"], lambda f: {"genre": _genre_list(f[at["genres"]])}),
+                          {"genre": "token_seq"})
+    return log, (None, path.parent / "users.csv"), (items, movies)
+
+
+def read_atomic(path: Path, sep: str, given, user_features, item_features):
+    """RecBole ``<stem>.inter`` (typed header) and its ``.user`` / ``.item`` side files."""
+    line, header = header_row(path, sep)
+    names, _ = _typed_header(path, line, header)
+    chosen = pick_columns(path, line, names, given, default={"user": "user_id", "item": "item_id"})
+    log, _ = log_columns(path, sep, len(names), _positions(names, chosen), skip=line)
+    users = _atomic_side(path.with_suffix(".user"), sep, chosen["user"])
+    items = _atomic_side(path.with_suffix(".item"), sep, chosen["item"])
+    return log, (users, path.with_suffix(".user")), (items, path.with_suffix(".item"))
+
+
+def read_delimited(path: Path, sep: str, given, user_features, item_features):
+    """A CSV/TSV table with a header row; side features are columns of the same table."""
+    line, header = header_row(path, sep)
+    chosen = pick_columns(path, line, header, given)
+    wanted = _requested(path, line, header, user_features, item_features)
+    log, columns = log_columns(path, sep, len(header), _positions(header, chosen),
+                               extra=[header.index(c) for c in {*wanted[0], *wanted[1]}], skip=line)
+    return _same_table_features(log, {c: columns[header.index(c)] for c in {*wanted[0], *wanted[1]}}, wanted)
+
+
+def read_parquet(path: Path, sep: str, given, user_features, item_features):
+    """A Parquet table; errors name the 1-based row as the line."""
+    try:
+        import pyarrow.parquet as pq
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for unreadable files
+        raise DataFormatError(path, None, f"not a readable Parquet file ({err})") from None
+    header = list(table.column_names)
+    chosen = pick_columns(path, 1, header, given)
+    wanted = _requested(path, 1, header, user_features, item_features)
+    names = {n for n in (*chosen.values(), *wanted[0], *wanted[1]) if n is not None}
+    columns = {header.index(n): _as_text_or_number(table.column(n)) for n in names}
+    at = _positions(header, chosen)
+    try:
+        log, columns = from_columns(path, columns, at)
+    except Invalid:  # find and name the first bad row, checking cells as the text readers do
+        cells = {p: [_text(v) for v in table.column(header[p]).to_pylist()] for p in columns}
+        rows = ((r + 1, {p: cells[p][r] for p in cells}) for r in range(table.num_rows))
+        log, columns = from_columns(path, checked_columns(path, rows, None, log_kinds(at, columns)), at)
+    return _same_table_features(log, {n: columns[header.index(n)] for n in {*wanted[0], *wanted[1]}}, wanted)
+
+
+FORMATS = {"movielens-100k": read_udata, "movielens-dat": read_dat, "movielens-csv": read_latest_csv,
+           "recbole": read_atomic, "csv": read_delimited, "tsv": read_delimited, "parquet": read_parquet}
+
+
+def _positions(header: list[str], names: dict[str, str | None]) -> dict[str, int | None]:
+    return {role: None if name is None else header.index(name) for role, name in names.items()}
+
+
+def _requested(path: Path, line: int, header: list[str], *requested) -> tuple[list[str], ...]:
+    """The requested side-feature columns of a generic table, each required in the header."""
+    for names in requested:
+        missing = [n for n in names or () if n not in header]
+        if missing:
+            raise DataFormatError(path, line, f"missing requested feature column(s) {missing}; header has {header}")
+    return tuple(list(names or ()) for names in requested)
+
+
+def _same_table_features(log: Interactions, columns: dict[str, pa.ChunkedArray], wanted):
+    """Side tables from a generic table's own columns: each user's / item's first row."""
+    tables = []
+    for codes, keys, names, kind in ((log.user_codes, log.user_keys, wanted[0], "token"),
+                                     (log.item_codes, log.item_keys, wanted[1], "token_seq")):
+        if not names:
+            tables.append((None, Path()))
+            continue
+        present, first = np.unique(codes, return_index=True)  # first row of every id
+        cells = {n: columns[n].take(pa.array(first)).to_pylist() for n in names}
+        rows = {}
+        for j, code in enumerate(present.tolist()):
+            values = {n: (cells[n][j] or "").strip() for n in names}
+            rows[keys[code]] = ({n: [v] for n, v in values.items() if v} if kind == "token" else
+                                {n: [t.strip() for t in v.split(ITEM_TOKEN_SEP) if t.strip()] for n, v in values.items()})
+        tables.append((SideTable(Path(), rows, dict.fromkeys(names, kind)), Path()))
+    return log, tables[0], tables[1]
+
+
+def _as_text_or_number(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A Parquet column as strings (ids, features), or as is when numeric (times)."""
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
+        return column
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return column  # ids become Python's str() of the number in `logs.encode`; times stay numbers
+    return pa.chunked_array([pa.array([None if v is None else _text(v) for v in column.to_pylist()], pa.string())])
+
+
+def _text(value) -> str:
+    """A Parquet cell as text: None -> "", datetimes -> ISO-8601 (parsed back as time)."""
+    if value is None:
+        return ""
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return str(value)
+
+
+def _typed_header(path: Path, line: int, fields: list[str]) -> tuple[list[str], list[str]]:
+    """Typed header ``name:type`` cells -> (names, types); an untyped cell is a ``token``."""
+    names, types = [], []
+    for cell in fields:
+        name, _, kind = cell.strip().partition(":")
+        kind = kind or "token"
+        if kind not in KNOWN_TYPES:
+            raise DataFormatError(path, line, f"column {cell!r} has unknown type {kind!r} (expected one of {KNOWN_TYPES})")
+        names.append(name)
+        types.append(kind)
+    return names, types
+
+
+def _atomic_side(path: Path, sep: str, id_name: str) -> SideTable | None:
+    """A ``.user``/``.item`` file, or None when absent. The id column is the one named like
+    the interaction file's id column, else the first."""
+    if not path.is_file():
+        return None
+    line, header = header_row(path, sep)
+    names, types = _typed_header(path, line, header)
+    id_at = names.index(id_name) if id_name in names else 0
+    kept = [(i, n, t) for i, (n, t) in enumerate(zip(names, types)) if t in ("token", "token_seq") and i != id_at]
+
+    def parse(fields: list[str]) -> dict[str, list[str]]:
+        return {n: fields[i].split() if t == "token_seq" else [fields[i].strip()] if fields[i].strip() else []
+                for i, n, t in kept}
+
+    return SideTable(path, _first_rows(side_rows(path, sep, len(names), id_at, skip=line), id_at, parse),
+                     {n: t for _, n, t in kept})
+
+
+def _first_rows(rows: list[list[str]], id_at: int, parse) -> dict[str, dict[str, list[str]]]:
+    """{id: parse(fields)}; a repeated id keeps its first row."""
+    table: dict[str, dict[str, list[str]]] = {}
+    for fields in rows:
+        row_id = fields[id_at].strip()
+        if row_id not in table:
+            table[row_id] = parse(fields)
+    return table
+
+
+def _movielens_users(path: Path, sep: str, column_at: dict[str, int]) -> SideTable | None:
+    """A MovieLens user file of single-token columns, or None if absent."""
+    if not path.is_file():
+        return None
+    rows = side_rows(path, sep, 1 + len(column_at), 0, encoding=LATIN1)
+    table = _first_rows(rows, 0, lambda f: {n: [f[i].strip()] for n, i in column_at.items() if f[i].strip()})
+    return SideTable(path, table, dict.fromkeys(column_at, "token"))
+
+
+def _movielens_items(path: Path, sep: str, n_fields: int, genres_of) -> SideTable | None:
+    """A MovieLens item file with one ``genre`` token list, or None if absent."""
+    if not path.is_file():
+        return None
+    rows = side_rows(path, sep, n_fields, 0, encoding=LATIN1)
+    return SideTable(path, _first_rows(rows, 0, lambda f: {"genre": genres_of(f)}), {"genre": "token_seq"})
+
+
+def _genre_list(text: str) -> list[str]:
+    """``Action|Comedy`` -> [Action, Comedy]; ml-latest's "(no genres listed)" -> []."""
+    return [g.strip() for g in text.split("|") if g.strip() and g.strip() != NO_GENRES]
+
+
+def _udata_genre_names(path: Path) -> tuple[str, ...]:
+    """Genre names in flag order from ``u.genre`` (``name|index``), else the ml-100k list."""
+    if not path.is_file():
+        return ML100K_GENRES
+    rows = [f for _, f in read_rows(path, "|", encoding=LATIN1) if len(f) == 2]
+    named = sorted((int(f[1]), f[0].strip()) for f in rows if f[1].strip().isdigit())
+    return tuple(name for _, name in named) or ML100K_GENRES
