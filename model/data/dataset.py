@@ -10,14 +10,15 @@ int64, left-padded with 0, most recent item last.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from model.data.logs import Interactions
-from model.data.readers import load_interactions
+from model.data.readers import (detect_format, interaction_file, load_interactions, read_parquet_ids,
+                                read_parquet_times)
 from model.data.sources import resolve_data_source
 
 PAD = "<pad>"
@@ -79,10 +80,18 @@ class SequenceDataset:
     train_users: np.ndarray  # (U_train,) int64 user indices
     val_users: np.ndarray
     test_users: np.ndarray
+    train_item_counts: np.ndarray | None = None  # (n_items + 1,) int64 rows of train users per item
+    shard: tuple[int, int] = (0, 1)  # (rank, world): sequences held are this rank's (see `load_dataset`)
 
     @property
     def n_items(self) -> int:
         return len(self.items) - 1
+
+    @property
+    def local_train_users(self) -> np.ndarray:
+        """The train users whose sequences this rank holds: ``train_users[rank::world]``."""
+        rank, world = self.shard
+        return self.train_users[rank::world]
 
     @property
     def n_users(self) -> int:
@@ -127,33 +136,68 @@ class SequenceDataset:
 
 
 def build_dataset(interactions: Interactions, *, k_core: int = 5, seed: int = 2020,
-                  split=(0.8, 0.1, 0.1)) -> SequenceDataset:
+                  split=(0.8, 0.1, 0.1), rank: int = 0, world: int = 1) -> SequenceDataset:
     """Filter, index, order and split `interactions` (see the module docstring).
 
-    Sequences are sorted by timestamp, ties kept in file order. Raises ValueError when the
-    k-core filter leaves nothing.
+    Sequences are sorted by timestamp, ties kept in file order. With ``world > 1`` only the
+    sequences of this rank's train users and of every validation / test user are kept (see
+    `load_dataset`). Raises ValueError when the k-core filter leaves nothing.
     """
-    log = interactions
+    return assemble(interactions, index_log(interactions, k_core, seed, split), rank, world)
+
+
+@dataclass(frozen=True)
+class LogIndex:
+    """What the whole log's id columns decide: k-core survivors, vocabularies and split."""
+
+    keep: np.ndarray  # (N,) bool rows that survive the k-core filter
+    users: Vocab
+    user_index: np.ndarray  # (user keys,) int32 user code -> index, 0 = filtered out
+    items: Vocab
+    item_index: np.ndarray
+    split: tuple[np.ndarray, np.ndarray, np.ndarray]  # train, validation, test user indices
+
+    def rows_of(self, log: Interactions, rank: int, world: int) -> np.ndarray:
+        """(N,) bool: kept rows of ``train[rank::world]`` and of every validation / test user."""
+        if world <= 1:
+            return self.keep
+        mine = np.zeros(len(self.users), dtype=bool)
+        mine[np.concatenate([self.split[0][rank::world], *self.split[1:]])] = True
+        return self.keep & mine[self.user_index[log.user_codes]]
+
+
+def index_log(log: Interactions, k_core: int, seed: int, split) -> LogIndex:
+    """k-core, natural-order vocabularies and the seeded split; reads no timestamps."""
     keep = k_core_mask(log.user_codes, log.item_codes, k_core)  # (N,) bool
     if not keep.any():
         raise ValueError(f"the {k_core}-core filter removed every one of the {len(log)} interactions")
     users, user_index = natural_vocab(log.user_keys, log.user_codes[keep])
     items, item_index = natural_vocab(log.item_keys, log.item_codes[keep])
-    user_idx = user_index[log.user_codes[keep]]  # (M,) int32
-    order = np.argsort(log.timestamps[keep], kind="stable")  # (M,) equal times keep file order
+    return LogIndex(keep, users, user_index, items, item_index, split_users(len(users) - 1, seed, split))
+
+
+def assemble(log: Interactions, index: LogIndex, rank: int = 0, world: int = 1) -> SequenceDataset:
+    """The dataset of `index` with the sequences of `index.rows_of(log, rank, world)`; only
+    those rows' timestamps are read."""
+    rows = index.rows_of(log, rank, world)
+    user_idx = index.user_index[log.user_codes[rows]]  # (M,) int32
+    order = np.argsort(log.timestamps[rows], kind="stable")  # (M,) equal times keep file order
     key = user_idx[order].astype(np.int64) * len(order)
     key += np.arange(len(order))  # unique keys: the fast unstable sort is stable by user, then time
     order = order[np.argsort(key)]
     del key
-    user_idx, item_idx = user_idx[order], item_index[log.item_codes[keep][order]].astype(np.int64)
+    user_idx, item_idx = user_idx[order], index.item_index[log.item_codes[rows][order]].astype(np.int64)
     starts = np.r_[0, np.flatnonzero(np.diff(user_idx)) + 1]  # (U,) first position of each user
     ends = np.r_[starts[1:], len(order)].tolist()
     sequences = {u: item_idx[a:b] for u, a, b in zip(user_idx[starts].tolist(), starts.tolist(), ends)}
-    item_side, item_side_vocabs = _item_side(items, log.item_features)
-    user_profile, user_profile_vocabs = _user_profile(users, log.user_profiles)
-    train, val, test = split_users(len(users) - 1, seed, split)
-    return SequenceDataset(items, users, sequences, item_side, item_side_vocabs,
-                           user_profile, user_profile_vocabs, train, val, test)
+    is_train = np.zeros(len(index.users), dtype=bool)
+    is_train[index.split[0]] = True
+    train_rows = index.keep & is_train[index.user_index[log.user_codes]]
+    counts = np.bincount(index.item_index[log.item_codes[train_rows]], minlength=len(index.items)).astype(np.int64)
+    item_side, item_side_vocabs = _item_side(index.items, log.item_features)
+    user_profile, user_profile_vocabs = _user_profile(index.users, log.user_profiles)
+    return SequenceDataset(index.items, index.users, sequences, item_side, item_side_vocabs, user_profile,
+                           user_profile_vocabs, *index.split, train_item_counts=counts, shard=(rank, world))
 
 
 def k_core_mask(user_codes: np.ndarray, item_codes: np.ndarray, k: int) -> np.ndarray:
@@ -244,17 +288,18 @@ def _user_profile(users: Vocab, profiles: dict[str, dict[str, str]]) -> tuple[di
 
 def training_samples(ds: SequenceDataset, max_len: int, rng: np.random.Generator | None = None,
                      max_per_user: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (history, target) pair of the train users' sequences.
+    """Every (history, target) pair of this rank's train users' sequences
+    (`SequenceDataset.local_train_users`: every train user in a single process).
 
     For train user u and position t >= 1 of its sequence s: history = s[max(0, t - max_len):t]
     left-padded to `max_len`, target = s[t]. With `max_per_user`, at most that many positions
     per user are drawn without replacement from `rng` (``default_rng(0)`` when None); call
-    again each epoch for fresh positions. Rows come user by user (in ``ds.train_users``
+    again each epoch for fresh positions. Rows come user by user (in ``ds.local_train_users``
     order), positions ascending; shuffle them yourself.
 
     Returns histories (S, max_len) int64, targets (S,) int64, users (S,) int64 user indices.
     """
-    train = np.asarray(ds.train_users, dtype=np.int64)
+    train = np.asarray(ds.local_train_users, dtype=np.int64)
     seqs = [ds.sequences[int(u)] for u in train]
     if not seqs:
         return np.zeros((0, max_len), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -349,7 +394,26 @@ def check_saved(ds: SequenceDataset, vocab: dict | None, split: dict | None) -> 
                                   f"loader options changed since the run was trained")
 
 
-def load_dataset(source, *, k_core: int = 5, seed: int = 2020, split=(0.8, 0.1, 0.1), **loader) -> SequenceDataset:
-    """`build_dataset(load_interactions(resolve_data_source(source), **loader), ...)`."""
+def load_dataset(source, *, k_core: int = 5, seed: int = 2020, split=(0.8, 0.1, 0.1), rank: int = 0,
+                 world: int = 1, **loader) -> SequenceDataset:
+    """The dataset of `source` (a path or dataset name; `loader`: `load_interactions` options)
+    as data-parallel rank `rank` of `world` sees it.
+
+    Vocabularies, split and ``train_item_counts`` are those of the whole log on every rank
+    (identical to ``world=1``). A rank keeps the sequences of its train users
+    (``train_users[rank::world]``, so `training_samples` gives this rank's samples only) and
+    of every validation and test user. A Parquet log without requested side features is read
+    in part: every rank reads the user and item columns of every row group (the k-core filter
+    and the split depend on the whole log), then the time column only of the row groups that
+    hold its rows. Other formats are read whole, then trimmed.
+    """
     path = resolve_data_source(source)
-    return build_dataset(load_interactions(path, **loader), k_core=k_core, seed=seed, split=tuple(split))
+    features = loader.get("user_features") or loader.get("item_features")
+    if world > 1 and not features and (loader.get("fmt") or detect_format(interaction_file(path))) == "parquet":
+        columns = {k: loader.get(k) for k in ("user_col", "item_col", "time_col")}
+        ids, time_name = read_parquet_ids(interaction_file(path), **columns)
+        index = index_log(ids, k_core, seed, split)
+        times = read_parquet_times(interaction_file(path), time_name, index.rows_of(ids, rank, world))
+        return assemble(replace(ids, timestamps=times), index, rank, world)
+    return build_dataset(load_interactions(path, **loader), k_core=k_core, seed=seed, split=tuple(split),
+                         rank=rank, world=world)

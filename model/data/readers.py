@@ -18,6 +18,7 @@ table: a user feature takes the user's first row's value, an item feature cell i
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import pyarrow as pa
 
 from model.data.logs import (DataFormatError, Interactions, Invalid, SideTable, checked_columns, choose_features,
                              first_line, from_columns, header_row, log_columns, log_kinds, pick_columns,
-                             profile_values, read_rows, separator, side_rows)
+                             profile_values, read_rows, separator, side_rows, timestamps)
 
 LATIN1 = "latin-1"
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -48,7 +49,7 @@ def load_interactions(path, *, fmt=None, user_col=None, item_col=None, time_col=
     the format's defaults. Raises `DataFormatError` (``FILE:LINE: problem``) on bad input and
     `FileNotFoundError` when `path` does not exist.
     """
-    path = _interaction_file(Path(path))
+    path = interaction_file(Path(path))
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise DataFormatError(path, None, f"unknown format {fmt!r}; known formats: {sorted(FORMATS)}")
@@ -89,7 +90,7 @@ def detect_format(path: Path) -> str:
                                       f"pass fmt= one of {sorted(FORMATS)}")
 
 
-def _interaction_file(path: Path) -> Path:
+def interaction_file(path: Path) -> Path:
     """`path` itself, or the single interaction file inside a folder."""
     if not path.exists():
         raise FileNotFoundError(f"interaction log not found: {path}")
@@ -163,24 +164,71 @@ def read_delimited(path: Path, sep: str, given, user_features, item_features):
 
 def read_parquet(path: Path, sep: str, given, user_features, item_features):
     """A Parquet table; errors name the 1-based row as the line."""
-    try:
-        import pyarrow.parquet as pq
-        table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several types for unreadable files
-        raise DataFormatError(path, None, f"not a readable Parquet file ({err})") from None
+    table = _parquet(path).read()
     header = list(table.column_names)
     chosen = pick_columns(path, 1, header, given)
     wanted = _requested(path, 1, header, user_features, item_features)
     names = {n for n in (*chosen.values(), *wanted[0], *wanted[1]) if n is not None}
+    log, columns = _parquet_log(path, table, header, chosen, names)
+    return _same_table_features(log, {n: columns[header.index(n)] for n in {*wanted[0], *wanted[1]}}, wanted)
+
+
+def read_parquet_ids(path: Path, *, user_col=None, item_col=None, time_col=None) -> tuple[Interactions, str | None]:
+    """The user and item columns of every row group of a Parquet log (times NaN: see
+    `read_parquet_times`), and the name of its time column (None: file order)."""
+    reader = _parquet(path)
+    header = reader.schema_arrow.names
+    chosen = pick_columns(path, 1, header, {"user": user_col, "item": item_col, "time": time_col})
+    log, _ = _parquet_log(path, reader.read(columns=[chosen["user"], chosen["item"]]), header,
+                          {**chosen, "time": None}, {chosen["user"], chosen["item"]})
+    if chosen["time"] is None:
+        return log, None
+    return replace(log, timestamps=np.full(len(log), np.nan)), chosen["time"]
+
+
+def read_parquet_times(path: Path, name: str | None, rows: np.ndarray) -> np.ndarray:
+    """(N,) float64 times of a Parquet log, read only from the row groups that hold one of
+    `rows` ((N,) bool); the others stay NaN. Without a time column: the file order."""
+    if name is None:
+        return np.arange(len(rows), dtype=np.float64)
+    reader = _parquet(path)
+    ends = np.cumsum([reader.metadata.row_group(g).num_rows for g in range(reader.num_row_groups)])
+    groups = np.unique(np.searchsorted(ends, np.flatnonzero(rows), side="right")).tolist()
+    starts = ends - [reader.metadata.row_group(g).num_rows for g in range(reader.num_row_groups)]
+    taken = np.concatenate([np.arange(starts[g], ends[g]) for g in groups]) if groups else np.zeros(0, np.int64)
+    part = reader.read_row_groups(groups, columns=[name]).column(0) if groups else pa.chunked_array([], pa.float64())
+    try:
+        values = timestamps(_as_text_or_number(part))
+    except Invalid:  # name the first bad row
+        cells = ((int(r) + 1, {0: _text(v)}) for r, v in zip(taken, part.to_pylist()))
+        checked_columns(path, cells, None, {0: "time"})
+        raise DataFormatError(path, None, f"column {name!r} holds a timestamp that cannot be read") from None
+    times = np.full(len(rows), np.nan)
+    times[taken] = values
+    return times
+
+
+def _parquet(path: Path):
+    """A `pyarrow.parquet.ParquetFile`; an unreadable file raises `DataFormatError`."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for unreadable files
+        raise DataFormatError(path, None, f"not a readable Parquet file ({err})") from None
+
+
+def _parquet_log(path: Path, table: pa.Table, header: list[str], chosen: dict, names) -> tuple[Interactions, dict]:
+    """`from_columns` over a Parquet table's `names` columns; on a problem, the row-by-row
+    check names the first bad row."""
     columns = {header.index(n): _as_text_or_number(table.column(n)) for n in names}
     at = _positions(header, chosen)
     try:
-        log, columns = from_columns(path, columns, at)
-    except Invalid:  # find and name the first bad row, checking cells as the text readers do
+        return from_columns(path, columns, at)
+    except Invalid:
         cells = {p: [_text(v) for v in table.column(header[p]).to_pylist()] for p in columns}
         rows = ((r + 1, {p: cells[p][r] for p in cells}) for r in range(table.num_rows))
-        log, columns = from_columns(path, checked_columns(path, rows, None, log_kinds(at, columns)), at)
-    return _same_table_features(log, {n: columns[header.index(n)] for n in {*wanted[0], *wanted[1]}}, wanted)
+        return from_columns(path, checked_columns(path, rows, None, log_kinds(at, columns)), at)
 
 
 FORMATS = {"movielens-100k": read_udata, "movielens-dat": read_dat, "movielens-csv": read_latest_csv,
