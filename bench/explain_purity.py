@@ -1,4 +1,4 @@
-"""Does `explain` mean something? On the planted synthetic set (model.data.synthetic), train
+"""Does `explain` mean something? On the planted synthetic set (model.data.sources), train
 MIND with `mind train` (the default config), then, for every user (history: the protocol's
 first 80% of the sequence) and active interest, take the history items the service's `explain` names (most routing weight for that
 interest: service.pipeline.top_routing_positions, `explain_items` = 3 of them) and measure
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.data.synthetic import PlantedTruth, SyntheticSpec, generate_with_truth, write_recbole
+from model.data.sources import PlantedTruth, SyntheticSpec, generate_with_truth, write_recbole
 from model.metrics import capsule_cosine, majority_purity
 from service.pipeline import top_routing_positions
 

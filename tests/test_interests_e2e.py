@@ -8,7 +8,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def small_planted(tmp_path_factory):
-    from model.data.synthetic import SyntheticSpec, generate, write_recbole
+    from model.data import SyntheticSpec, generate, write_recbole
 
     spec = SyntheticSpec(n_users=300, n_items=200, n_clusters=6, min_events=15, max_events=30)
     return write_recbole(generate(spec), tmp_path_factory.mktemp("planted"), "small")

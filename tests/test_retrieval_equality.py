@@ -25,8 +25,8 @@ SETTINGS = {"history_included": False, "history_excluded": True}   # protocol se
 def exported(tmp_path_factory):
     """(bundle dir, dataset) of an exported untrained MIND run on a small planted dataset."""
     from model.config import ModelConfig, TrainConfig
-    from model.data.runfiles import data_config, rebuild_dataset
-    from model.data.synthetic import SyntheticSpec, generate, write_recbole
+    from model.data import data_config, rebuild_dataset
+    from model.data import SyntheticSpec, generate, write_recbole
     from model.export import export_run
     from model.run import write_run_files
     from model.tower import MIND
