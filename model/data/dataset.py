@@ -239,7 +239,7 @@ def natural_order(tokens: np.ndarray) -> np.ndarray:
 
 
 def natural_vocab(keys: np.ndarray, codes: np.ndarray) -> tuple["Vocab", np.ndarray]:
-    """The `Vocab` of the keys that `codes` use, in natural id order, and (K,) int64 code ->
+    """The `Vocab` of the keys that `codes` use, in natural id order, and (K,) int32 code ->
     vocabulary index (0 for unused keys)."""
     present = np.flatnonzero(np.bincount(codes, minlength=len(keys)))  # (V,) used codes
     tokens = keys[present]
@@ -254,14 +254,14 @@ def split_users(n_users: int, seed: int, split=(0.8, 0.1, 0.1)) -> tuple[np.ndar
     floor(f_train * n), validation = the next floor(f_val * n), test = the rest."""
     total = float(sum(split))
     perm = np.random.default_rng(seed).permutation(n_users).astype(np.int64) + 1
-    n_train = int(split[0] / total * n_users + 1e-9)
-    n_val = int(split[1] / total * n_users + 1e-9)
+    n_train = int(split[0] / total * n_users + FLOOR_TOLERANCE)
+    n_val = int(split[1] / total * n_users + FLOOR_TOLERANCE)
     return perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
 
 
 def _item_side(items: Vocab, features: dict[str, dict[str, list[str]]]) -> tuple[dict, dict]:
     """Per feature: a (n_items + 1, T) int64 token matrix (0-padded) and its vocabulary."""
-    names = list(dict.fromkeys(f for item in items.tokens[1:] for f in features.get(item, {})))
+    names = list(dict.fromkeys(f for item in items.tokens[1:] for f in features.get(item, {}))) if features else []
     matrices, vocabs = {}, {}
     for name in names:
         token_lists = [features.get(item, {}).get(name, []) for item in items.tokens[1:]]
@@ -276,7 +276,7 @@ def _item_side(items: Vocab, features: dict[str, dict[str, list[str]]]) -> tuple
 
 def _user_profile(users: Vocab, profiles: dict[str, dict[str, str]]) -> tuple[dict, dict]:
     """Per feature: a (n_users + 1,) int64 value index (0 = unknown) and its vocabulary."""
-    names = list(dict.fromkeys(f for user in users.tokens[1:] for f in profiles.get(user, {})))
+    names = list(dict.fromkeys(f for user in users.tokens[1:] for f in profiles.get(user, {}))) if profiles else []
     columns, vocabs = {}, {}
     for name in names:
         values = [profiles.get(user, {}).get(name) for user in users.tokens[1:]]
