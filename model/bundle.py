@@ -1,9 +1,10 @@
 """The serving bundle: write it atomically, load it with every file verified.
 
 The only ``model/`` module the service imports. A bundle directory holds (docs/architecture.md):
-``manifest.json``, ``user_tower.pt`` (TorchScript, the only file that may carry pickle),
-``item_vectors.npy``, ``item_ids.json``, ``index.faiss``, ``profile_vocab.json`` and
-``popularity.json``.
+``manifest.json``, ``user_tower.pt`` (TorchScript), ``item_vectors.npy``, ``item_ids.json``,
+``index.faiss``, ``profile_vocab.json``, ``popularity.json`` and, optionally,
+``user_tower.pt2`` (the tower as a torch.export program, see model.tower_format). The two
+tower files are the only ones that may carry pickle; both are checksummed before loading.
 
 Layout. ``write_bundle(out_dir, ...)`` writes into a hidden temporary directory beside its
 target and renames it into place, so a crash never leaves a half bundle where a loader looks:
@@ -32,10 +33,12 @@ import numpy as np
 import torch
 
 from model.bundle_files import (FILES, FORMAT_VERSION, INDEX, ITEM_IDS, ITEM_VECTORS, MANIFEST,
-                                POPULARITY, PROFILE_VOCAB, TOWER, BundleError, read_index,
-                                read_item_vectors, read_json, read_manifest, read_popularity,
-                                sha256_of, verify_files)
+                                OPTIONAL_FILES, POPULARITY, PROFILE_VOCAB, TOWER, TOWER_PROGRAM,
+                                BundleError, read_index, read_item_vectors, read_json, read_manifest,
+                                read_popularity, sha256_of, verify_files)
 from model.index import apply_params, build_index, perturbed_queries, tune_index
+from model.tower_format import (EXPORT, TORCHSCRIPT, TOWER_FORMATS, load_tower, probe_tower,
+                                save_program, save_torchscript, script_tower, tower_device)
 
 UNKNOWN_VALUE = "<unk>"
 BUNDLE_DIR_MODE = 0o755
@@ -51,7 +54,7 @@ class Bundle:
     path: Path
     manifest: dict
     model_version: str
-    tower: torch.jit.ScriptModule           # on `device`, eval mode
+    tower: torch.nn.Module                  # on `device`, eval mode: TorchScript or export program
     device: torch.device
     index: faiss.Index                      # ids = rows, search params from the manifest
     item_vectors: np.ndarray                # (n_items, d) float32, row r = item index r+1
@@ -63,6 +66,7 @@ class Bundle:
     dim: int
     n_interests: int
     max_len: int
+    tower_format: str = TORCHSCRIPT         # which tower file `tower` was loaded from
 
 
 def prepare_histories(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
@@ -79,29 +83,6 @@ def prepare_histories(histories: Sequence[Sequence[int]], max_len: int) -> np.nd
     return out
 
 
-def probe_tower(tower: torch.jit.ScriptModule, max_len: int, n_profile: int,
-                device: torch.device) -> tuple[int, int]:
-    """Run the tower on one one-item history; return its (n_interests K, dim d)."""
-    history = torch.zeros(1, max_len, dtype=torch.int64, device=device)  # (1, L)
-    history[0, -1] = 1
-    profile = torch.zeros(1, n_profile, dtype=torch.int64, device=device)  # (1, P)
-    with torch.no_grad():
-        capsules, active = tower(history, profile)[:2]  # (1, K, d), (1, K)
-    if capsules.dim() != 3 or tuple(active.shape) != tuple(capsules.shape[:2]):
-        raise ValueError(f"tower returned capsules {tuple(capsules.shape)} and active "
-                         f"{tuple(active.shape)}; expected (B, K, d) and (B, K)")
-    if capsules.dtype != torch.float32 or active.dtype != torch.bool:
-        raise ValueError(f"tower returned {capsules.dtype} capsules and {active.dtype} active; "
-                         f"expected float32 and bool (the index holds float32)")
-    return int(capsules.shape[1]), int(capsules.shape[2])
-
-
-def _tower_device(tower: torch.nn.Module) -> torch.device:
-    for tensor in list(tower.parameters()) + list(tower.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _complete_popularity(popular_rows: Sequence[int], n_items: int) -> list[int]:
     """``popular_rows`` then every row it misses, in row order: a full (n_items,) ranking."""
     seen = dict.fromkeys(int(r) for r in popular_rows)
@@ -116,9 +97,11 @@ def _write_json(path: Path, value: Any) -> None:
 
 def _write_payload(tmp: Path, *, tower, item_vectors: np.ndarray, item_ids: Sequence[str],
                    profile_vocab: Mapping[str, Sequence[str]], popular_rows: Sequence[int],
-                   index_type: str | None, tune_queries: np.ndarray | None) -> dict:
+                   index_type: str | None, tune_queries: np.ndarray | None, tower_program=None) -> dict:
     """Write every file but the manifest into ``tmp``; return the manifest's index entry."""
-    torch.jit.save(tower, str(tmp / TOWER))
+    save_torchscript(tower, tmp / TOWER)
+    if tower_program is not None:
+        save_program(tower_program, tmp / TOWER_PROGRAM)
     np.save(tmp / ITEM_VECTORS, item_vectors, allow_pickle=False)
     _write_json(tmp / ITEM_IDS, list(item_ids))
     _write_json(tmp / PROFILE_VOCAB, {f: [UNKNOWN_VALUE] + list(v[1:]) for f, v in profile_vocab.items()})
@@ -162,10 +145,8 @@ def _move_into_place(tmp: Path, target: Path) -> None:
 
 def _scripted_tower(tower, max_len: int, n_profile: int, item_dim: int):
     """Script ``tower`` if needed and probe it; return (tower, n_interests, dim)."""
-    if not isinstance(tower, torch.jit.ScriptModule):
-        tower = torch.jit.script(tower)
-    tower.eval()
-    n_interests, dim = probe_tower(tower, max_len, n_profile, _tower_device(tower))
+    tower = script_tower(tower).eval()
+    n_interests, dim = probe_tower(tower, max_len, n_profile, tower_device(tower))
     if dim != item_dim:
         raise ValueError(f"tower output d={dim} != item_vectors d={item_dim}")
     return tower, n_interests, dim
@@ -174,33 +155,35 @@ def _scripted_tower(tower, max_len: int, n_profile: int, item_dim: int):
 def model_version_of(tower: torch.jit.ScriptModule, files: Mapping[str, str], fields: Mapping) -> str:
     """Content hash: the tower's tensors, every other file's sha256 and the manifest fields.
 
-    The TorchScript file itself is not hashed: it embeds a random serialization id and
-    module-name mangling that change on every save, so the same run would get a new version.
+    The tower files themselves are not hashed: TorchScript embeds a random serialization id and
+    module-name mangling that change on every save, so the same run would get a new version
+    (and the export program holds the same tensors).
     """
     digest = hashlib.sha256()
     for name, tensor in sorted(tower.state_dict().items()):
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes())
-    other = {name: sha for name, sha in files.items() if name != TOWER}
+    other = {name: sha for name, sha in files.items() if name not in (TOWER, TOWER_PROGRAM)}
     digest.update(json.dumps([other, fields], sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
 def _manifest(tmp: Path, tower, *, created: datetime, index_entry: dict, **fields) -> dict:
     """The manifest of the files in ``tmp`` (see ``model_version_of``)."""
-    files = {name: sha256_of(tmp / name) for name in FILES}
+    names = FILES + tuple(name for name in OPTIONAL_FILES if (tmp / name).is_file())
+    files = {name: sha256_of(tmp / name) for name in names}
     served = {k: v for k, v in fields.items() if k not in NOT_MODEL_CONTENT}
     model_version = model_version_of(tower, files, dict(served, index_params=index_entry["params"]))
     return {"format_version": FORMAT_VERSION, "model_version": model_version,
             "created_at": created.isoformat(), **fields, "index": index_entry, "files": files,
-            "file_bytes": {name: (tmp / name).stat().st_size for name in FILES}}
+            "file_bytes": {name: (tmp / name).stat().st_size for name in names}}
 
 
 def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popular_rows,
                  hyperparameters, metrics, index_type=None, max_len: int | None = None,
                  data: Mapping | None = None, tune_queries: np.ndarray | None = None,
-                 force: bool = False) -> Path:
+                 force: bool = False, tower_program: torch.export.ExportedProgram | None = None) -> Path:
     """Write a bundle atomically and return the directory it landed in.
 
     tower: a scripted (or scriptable) module honouring the tower contract.
@@ -210,6 +193,8 @@ def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popul
     popular_rows: rows, most popular first (completed to all rows). max_len: history length,
     default ``hyperparameters["max_len"]``. data: the run's data config (for evaluation).
     tune_queries: (Q, d) capsules to tune an approximate index on (default: perturbed items).
+    tower_program: the same tower as a torch.export program (model.tower_format.export_tower),
+    written as user_tower.pt2; None = TorchScript only.
     """
     out_dir = Path(out_dir)
     vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)   # (n_items, d)
@@ -228,7 +213,8 @@ def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popul
     try:
         index_entry = _write_payload(tmp, tower=tower, item_vectors=vectors, item_ids=ids,
                                      profile_vocab=profile_vocab, popular_rows=popular_rows,
-                                     index_type=index_type, tune_queries=tune_queries)
+                                     index_type=index_type, tune_queries=tune_queries,
+                                     tower_program=tower_program)
         created = datetime.now(timezone.utc)
         manifest = _manifest(tmp, tower, created=created, index_entry=index_entry,
                              hyperparameters=dict(hyperparameters), dim=dim, n_interests=n_interests,
@@ -271,32 +257,41 @@ def _check_item_side(path: Path, manifest: dict, vectors: np.ndarray, index: fai
         raise BundleError(f"{path / ITEM_IDS}: external ids are not unique")
 
 
-def _load_tower(path: Path, manifest: dict, device: torch.device) -> torch.jit.ScriptModule:
+def tower_format_of(manifest: dict, requested: str) -> str:
+    """The tower format to load: ``requested``, except that a bundle without an export program
+    (written before it existed) is served from TorchScript."""
+    if requested not in TOWER_FORMATS:
+        raise ValueError(f"unknown tower format {requested!r}; known: {TOWER_FORMATS}")
+    return EXPORT if requested == EXPORT and TOWER_PROGRAM in manifest["files"] else TORCHSCRIPT
+
+
+def _load_tower(path: Path, manifest: dict, device: torch.device, tower_format: str) -> torch.nn.Module:
+    file = path / (TOWER_PROGRAM if tower_format == EXPORT else TOWER)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise BundleError(f"{path / TOWER}: device {device} requested but CUDA is not available here")
+        raise BundleError(f"{file}: device {device} requested but CUDA is not available here")
     try:
-        tower = torch.jit.load(str(path / TOWER), map_location=device).eval()
-        for parameter in tower.parameters():   # serving only: outputs carry no autograd graph
-            parameter.requires_grad_(False)
+        tower = load_tower(file, tower_format, device)
         shape = probe_tower(tower, manifest["max_len"], len(manifest["profile_features"]), device)
-    except (RuntimeError, ValueError) as err:
-        raise BundleError(f"{path / TOWER}: cannot load or run the tower: {err}") from err
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise BundleError(f"{file}: cannot load or run the tower: {err}") from err
     if shape != (manifest["n_interests"], manifest["dim"]):
-        raise BundleError(f"{path / TOWER}: outputs (K, d)={shape} != manifest "
+        raise BundleError(f"{file}: outputs (K, d)={shape} != manifest "
                           f"({manifest['n_interests']}, {manifest['dim']})")
     return tower
 
 
-def load_bundle(path, device="cpu") -> Bundle:
+def load_bundle(path, device="cpu", tower_format: str = TORCHSCRIPT) -> Bundle:
     """Load and verify a bundle (or the newest version in a bundle root) onto ``device``.
 
-    Every file's size and sha256 are checked before anything is parsed or the TorchScript
-    file is loaded; then dimensions and a probe forward of the tower. Raises BundleError
-    naming the offending file.
+    Every file's size and sha256 are checked before anything is parsed or a tower file is
+    loaded; then dimensions and a probe forward of the tower. ``tower_format``: "torchscript"
+    (user_tower.pt) or "export" (user_tower.pt2 when the bundle has one, see
+    ``tower_format_of``). Raises BundleError naming the offending file.
     """
     path = latest_bundle(path)
     device = torch.device(device)
     manifest = read_manifest(path)
+    tower_format = tower_format_of(manifest, tower_format)
     verify_files(path, manifest)
     vectors = read_item_vectors(path / ITEM_VECTORS)
     index = read_index(path / INDEX)
@@ -309,9 +304,9 @@ def load_bundle(path, device="cpu") -> Bundle:
         raise BundleError(f"{path / PROFILE_VOCAB}: features {list(vocab)} != manifest {list(features)}")
     return Bundle(
         path=path, manifest=manifest, model_version=manifest["model_version"],
-        tower=_load_tower(path, manifest, device), device=device, index=index,
+        tower=_load_tower(path, manifest, device, tower_format), device=device, index=index,
         item_vectors=vectors, item_ids=tuple(item_ids),
         row_of={item: row for row, item in enumerate(item_ids)}, profile_features=features,
         profile_vocab={f: {v: i for i, v in enumerate(values) if i} for f, values in vocab.items()},
         popular_rows=read_popularity(path, manifest["n_items"]), dim=manifest["dim"],
-        n_interests=manifest["n_interests"], max_len=manifest["max_len"])
+        n_interests=manifest["n_interests"], max_len=manifest["max_len"], tower_format=tower_format)

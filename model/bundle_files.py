@@ -1,8 +1,9 @@
 """The files of a bundle: names, checksums and safe readers that raise BundleError.
 
 Every reader names the file it failed on. No reader here unpickles: arrays are read with
-``allow_pickle=False``, everything else is JSON or FAISS' own format. The TorchScript file
-is loaded by ``model.bundle`` only after ``verify_files`` has checked its sha256.
+``allow_pickle=False``, everything else is JSON or FAISS' own format. The tower files
+(TorchScript, and the optional torch.export program) are loaded by ``model.bundle`` only after
+``verify_files`` has checked their sha256.
 """
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ ITEM_IDS = "item_ids.json"
 INDEX = "index.faiss"
 PROFILE_VOCAB = "profile_vocab.json"
 POPULARITY = "popularity.json"
+TOWER_PROGRAM = "user_tower.pt2"   # torch.export program of the tower (model.tower_format)
 FILES = (TOWER, ITEM_VECTORS, ITEM_IDS, INDEX, PROFILE_VOCAB, POPULARITY)  # all but the manifest
+# Files a bundle may carry (bundles written before them still load); verified when recorded.
+OPTIONAL_FILES = (TOWER_PROGRAM,)
 CHUNK_BYTES = 1 << 20
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -41,10 +45,11 @@ def sha256_of(path: Path) -> str:
 
 
 def verify_files(path: Path, manifest: dict) -> None:
-    """Check that every bundle file exists with the size and sha256 the manifest records."""
+    """Check that every bundle file (and every optional one the manifest records) exists with
+    the size and sha256 the manifest records."""
     recorded = manifest["files"]
     sizes = manifest.get("file_bytes", {})
-    for name in FILES:
+    for name in FILES + tuple(n for n in OPTIONAL_FILES if n in recorded):
         file = path / name
         if name not in recorded:
             raise BundleError(f"{path / MANIFEST}: no checksum recorded for {name}")

@@ -1,9 +1,11 @@
 """`mind export --run RUN_DIR --out BUNDLE_DIR`: a trained run -> a verified serving bundle.
 
-Reads the run directory of docs/architecture.md, scripts the user tower, takes the item
-vectors without the padding row, and writes the bundle with ``model.bundle.write_bundle``
-(atomic; an existing bundle root gets a new version). The written bundle is loaded back with
-``load_bundle`` before the command reports success. Exit codes: 0 ok, 2 bad input (missing or
+Reads the run directory of docs/architecture.md, scripts the user tower (TorchScript, the
+contract) and exports it with torch.export (its successor, served with
+MIND_TOWER_FORMAT=export), takes the item vectors without the padding row, and writes the
+bundle with ``model.bundle.write_bundle`` (atomic; an existing bundle root gets a new
+version). The written bundle is loaded back with ``load_bundle``, from both tower files,
+before the command reports success. Exit codes: 0 ok, 2 bad input (missing or
 incomplete run, existing bundle without --force), 1 the written bundle failed verification.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from model.bundle import BundleError, load_bundle, prepare_histories, write_bund
 from model.index import INDEX_KINDS, IndexTuningError, choose_kind
 from model.jsonfile import read_json
 from model.run import RunError, config_max_len, load_run
+from model.tower_format import EXPORT, export_tower, script_tower
 
 RUN_FILES = ("config.json", "checkpoint.pt", "vocab.json", "popularity.json", "metrics.json")
 N_TUNE_HISTORIES = 256
@@ -26,7 +29,7 @@ POPULARITY_SMOOTHING = 10.0   # rank offset of the 1/(rank + c) history sampler
 
 
 class TowerScriptError(RuntimeError):
-    """The run's user tower does not compile with TorchScript."""
+    """The run's user tower does not compile with TorchScript or torch.export."""
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -112,10 +115,15 @@ def export_run(run_dir: Path, out_dir: Path, index_type: str | None = None, forc
     """Export ``run_dir`` into a bundle at (or, for a bundle root, inside) ``out_dir``."""
     run = read_run(run_dir)
     model = load_model(run_dir)
+    eager = model.user_tower()
     try:
-        tower = torch.jit.script(model.user_tower()).eval()
+        tower = script_tower(eager).eval()
     except RuntimeError as err:   # a model bug, not bad input: exit 1 with the compiler's message
         raise TowerScriptError(f"the user tower of {run_dir} cannot be scripted: {err}") from err
+    try:
+        program = export_tower(eager, run["max_len"], len(run["vocab"].get("user_profile", {})))
+    except Exception as err:   # torch.export raises many types (UserError, Unsupported, ...)
+        raise TowerScriptError(f"the user tower of {run_dir} cannot be exported: {err}") from err
     with torch.no_grad():
         item_vectors = model.item_vectors().detach().cpu().numpy()[1:]       # (n_items, d)
     item_ids = run["vocab"]["items"][1:]
@@ -135,7 +143,7 @@ def export_run(run_dir: Path, out_dir: Path, index_type: str | None = None, forc
         profile_vocab=profile_vocab, popular_rows=run["popular_rows"],
         hyperparameters={"model": config.get("model", {}), "train": config.get("train", {})},
         metrics=run["metrics"], index_type=index_type, max_len=run["max_len"],
-        data=config.get("data", {}), tune_queries=queries, force=force)
+        data=config.get("data", {}), tune_queries=queries, force=force, tower_program=program)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -149,6 +157,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     try:
         bundle = load_bundle(path)
+        load_bundle(path, tower_format=EXPORT)   # the export program loads and runs too
     except BundleError as err:
         print(f"mind export: the written bundle does not verify: {err}", file=sys.stderr)
         return 1

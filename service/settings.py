@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     bundle_root: Path | None = Field(None, description="directory reload paths must resolve under; default: --bundle if it is a root, else its parent")
     watch_interval_s: float = Field(0.0, ge=0, description="poll the bundle root for a newer version every N s (0 = off)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="tower device; auto = cuda when available (the index stays on CPU)")
+    tower_format: Literal["torchscript", "export"] = Field("torchscript", description="tower file served: TorchScript (user_tower.pt) or "
+                                                           "the torch.export program (user_tower.pt2; bundles without one serve TorchScript)")
 
     # HTTP
     host: str = Field("127.0.0.1", description="listen address")

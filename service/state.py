@@ -15,6 +15,7 @@ import gc
 import logging
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,14 @@ STAGES = ("tower", "search", "merge")
 
 class Unavailable(Exception):
     """The service cannot answer now (not ready, overloaded, deadline): 503 + Retry-After."""
+
+
+def created_timestamp(manifest: dict) -> float:
+    """Unix seconds of the manifest's ``created_at`` (export time); 0 when absent or unreadable."""
+    try:
+        return datetime.fromisoformat(manifest["created_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return 0.0
 
 
 class ReloadPathError(ValueError):
@@ -182,7 +191,7 @@ class ServiceState:
 
     def _load_and_warm(self, path: Path) -> tuple[Bundle, RetrievalOptions]:
         self._configure_compute()   # this side thread warms up with the serving thread counts
-        bundle = load_bundle(path, device=self.device)
+        bundle = load_bundle(path, device=self.device, tower_format=self.settings.tower_format)
         # A private copy of the memory-mapped item vectors (n_items x d x 4 bytes): with the map,
         # an in-place write to the served item_vectors.npy changed live scores (a truncation
         # would SIGBUS the process). Found by tests/test_faults.py.
@@ -210,8 +219,11 @@ class ServiceState:
             # app.lifespan). The old one is still freed by reference counting (no cycles).
             gc.freeze()
             self.metrics.reloads.labels(result="success").inc()
-            self.metrics.model.info({"model_version": bundle.model_version, "path": str(bundle.path)})
+            self.metrics.model.info({"model_version": bundle.model_version, "path": str(bundle.path),
+                                     "tower_format": bundle.tower_format})
+            self.metrics.model_created.set(created_timestamp(bundle.manifest))
             log.info("bundle serving", extra={"bundle": str(bundle.path), "model_version": bundle.model_version,
+                                              "tower_format": bundle.tower_format,
                                               "previous_model_version": previous.model_version if previous else None})
             return bundle
 

@@ -10,6 +10,7 @@ import torch
 from mind_recall import cli
 from model.export import RUN_FILES, tower_queries
 from model.index import exact_top_k, recall_at_k
+from model.tower_format import script_tower
 
 
 def export(argv, capsys):
@@ -57,7 +58,7 @@ def test_tower_queries_are_active_capsules_of_popular_histories():
             active = torch.tensor([[True, False]]).repeat(history.shape[0], 1)
             return capsules, active, torch.zeros(history.shape[0], 2, history.shape[1])
 
-    queries = tower_queries(torch.jit.script(Echo()), np.array([4, 0, 2]), max_len=6, n_profile=0,
+    queries = tower_queries(script_tower(Echo()), np.array([4, 0, 2]), max_len=6, n_profile=0,
                             n_histories=50)
     assert queries.shape == (50, 2) and queries.dtype == np.float32
     assert set(queries[:, 0]) <= {5.0, 1.0, 3.0}                           # indices = rows + 1
