@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -24,7 +25,7 @@ from model.bundle import BundleError
 from service.metrics import ServiceMetrics
 from service.observability import RequestContextMiddleware
 from service.operations import add_operational_routes
-from service.schemas import ErrorResponse, LimitError, RecallRequest, RecallResponse, to_query
+from service.schemas import ErrorResponse, LimitError, RecallRequest, RecallResponse, document_limits, to_query
 from service.settings import Settings
 from service.state import ServiceState, Unavailable, get_state
 
@@ -86,6 +87,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+def _openapi(app: FastAPI, settings: Settings) -> dict:
+    """FastAPI's (cached) OpenAPI document with the configured request maxima stated in it."""
+    return document_limits(FastAPI.openapi(app), settings)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service app; ``settings`` default to the environment (MIND_*)."""
     settings = settings or Settings()
@@ -93,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="mind-recall", version="1", lifespan=lifespan, telemetry=NO_TELEMETRY,
                   description="Multi-interest (MIND) candidate recall over a verified bundle.")
     app.state.service = ServiceState(settings, metrics)
+    app.openapi = functools.partial(_openapi, app, settings)
     _install_error_handlers(app)
     _add_recall_routes(app)
     add_operational_routes(app)
@@ -125,7 +132,7 @@ def _add_recall_routes(app: FastAPI) -> None:
         if body.user_id is not None:
             request.scope["state"]["user_id"] = body.user_id     # for the request's log line
         try:
-            query = to_query(body, state.settings, state.bundle)
+            query = to_query(body, state.settings)
         except LimitError as err:
             raise HTTPException(422, str(err)) from None
         (answer,) = await _answer(state, [query], started)
@@ -138,7 +145,7 @@ def _add_recall_routes(app: FastAPI) -> None:
             raise HTTPException(422, f"{len(body)} requests; the maximum per batch is "
                                      f"{state.settings.max_batch_requests}")
         try:
-            queries = [to_query(r, state.settings, state.bundle, f"[{i}].") for i, r in enumerate(body)]
+            queries = [to_query(r, state.settings, f"[{i}].") for i, r in enumerate(body)]
         except LimitError as err:
             raise HTTPException(422, str(err)) from None
         return _json(await _answer(state, queries, started))

@@ -32,6 +32,8 @@ class ServiceMetrics:
                                    buckets=INTEREST_BUCKETS, registry=registry)
         self.unknown_items = Counter("mind_recall_unknown_items", "history items not in the catalogue (ignored)",
                                      registry=registry)
+        self.unknown_profile_features = Counter("mind_recall_unknown_profile_features",
+                                                "profile features the model does not use (ignored)", registry=registry)
         self.cold_starts = Counter("mind_recall_cold_starts", "requests answered with the popularity list",
                                    registry=registry)
         self.rejected = Counter("mind_recall_rejected_requests", "requests refused with 503, by reason",
@@ -42,12 +44,17 @@ class ServiceMetrics:
                                  registry=registry)
         self.model = Info("mind_recall_model", "the bundle being served", registry=registry)
         self.reloads = Counter("mind_recall_reloads", "bundle (re)loads by result", ["result"], registry=registry)
+        self.model_created = Gauge("mind_recall_model_created_timestamp_seconds",
+                                   "when the served bundle was exported (manifest created_at), Unix seconds",
+                                   registry=registry)
 
     def observe_answer(self, answer: dict) -> None:
-        """Count one recall answer's interests, unknown items and cold start."""
+        """Count one recall answer's interests, unknown items and profile features, cold start."""
         self.interests.observe(answer["interests"])
         if answer["unknown_items"]:
             self.unknown_items.inc(answer["unknown_items"])
+        if answer["unknown_profile_features"]:
+            self.unknown_profile_features.inc(answer["unknown_profile_features"])
         if answer["cold_start"]:
             self.cold_starts.inc()
 

@@ -83,16 +83,18 @@ class EncodedBatch:
     history: np.ndarray            # (B, max_len) int64 tower indices, left-padded, newest last
     profile: np.ndarray            # (B, P) int64 profile value indices (0 = unknown)
     unknown: np.ndarray            # (B,) int64 history ids not in the catalogue
+    unknown_profile: np.ndarray    # (B,) int64 profile features the bundle does not use
     excluded: list[np.ndarray]     # per request, rows it must not get (unique int64)
 
 
 def encode_queries(bundle: Bundle, queries: list[RecallQuery]) -> EncodedBatch:
-    """External ids -> tower inputs. Unknown items are dropped and counted; the newest
-    ``max_len`` known items are kept."""
+    """External ids -> tower inputs. Unknown items and profile features are dropped and
+    counted; the newest ``max_len`` known items are kept."""
     row_of, max_len = bundle.row_of, bundle.max_len
     history = np.zeros((len(queries), max_len), dtype=np.int64)                 # (B, L)
     profile = np.zeros((len(queries), len(bundle.profile_features)), dtype=np.int64)  # (B, P)
     unknown = np.zeros(len(queries), dtype=np.int64)
+    unknown_profile = np.zeros(len(queries), dtype=np.int64)
     excluded = []
     for b, query in enumerate(queries):
         known = [row_of[i] for i in query.history if i in row_of]
@@ -107,7 +109,8 @@ def encode_queries(bundle: Bundle, queries: list[RecallQuery]) -> EncodedBatch:
         for p, feature in enumerate(bundle.profile_features):
             value = query.profile.get(feature)
             profile[b, p] = bundle.profile_vocab[feature].get(value, 0) if value is not None else 0
-    return EncodedBatch(history, profile, unknown, excluded)
+        unknown_profile[b] = sum(1 for feature in query.profile if feature not in bundle.profile_vocab)
+    return EncodedBatch(history, profile, unknown, unknown_profile, excluded)
 
 
 def run_tower(bundle: Bundle, history: np.ndarray, profile: np.ndarray, shapes: tuple[int, ...]):
@@ -222,5 +225,6 @@ def recall_batch(bundle: Bundle, queries: list[RecallQuery],
         if answers[b] is None:
             answers[b] = _cold_start_answer(bundle, query, batch.excluded[b])
         answers[b]["unknown_items"] = int(batch.unknown[b])
+        answers[b]["unknown_profile_features"] = int(batch.unknown_profile[b])
         answers[b]["model_version"] = bundle.model_version
     return answers, times

@@ -6,15 +6,27 @@ describe them (``response_model``) without validating every answer.
 """
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from typing import Annotated
 
-from model.bundle import Bundle
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
+
 from model.retrieval import DIVERSE_POOL_DEPTH, MAX_DIVERSE_TOP_N, MAX_DIVERSITY
 from service.pipeline import RecallQuery
 from service.settings import Settings
 
+
+
+def _integral(value):
+    """JSON Schema's ``integer`` includes numbers with a zero fraction (``30.0``), so the strict
+    models accept them as the integer they are; ``true``, ``"5"`` and ``1.5`` stay errors."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer as JSON Schema defines it (see _integral), under the models' strict mode.
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
 # An item id is an opaque string; a JSON integer is accepted as its decimal string.
-ItemId = StrictStr | StrictInt
+ItemId = StrictStr | JsonInt
 
 
 class RecallRequest(BaseModel):
@@ -24,11 +36,14 @@ class RecallRequest(BaseModel):
     user_id: str | None = Field(None, max_length=256, description="caller's user id, only logged (at most 256 characters: "
                                                                   "it goes into every request's log line)")
     history: list[ItemId] = Field(default_factory=list, description="item ids, oldest first, most recent last")
-    profile: dict[str, ItemId] | None = Field(None, description="user profile {feature: value}")
-    top_n: int | None = Field(None, ge=1, description="items to return (default and maximum: settings)")
+    profile: dict[str, ItemId] | None = Field(None, description="user profile {feature: value}; a feature the model does "
+                                                            "not use is ignored and counted in unknown_profile_features, "
+                                                            "a value it does not know counts as unknown")
+    top_n: PositiveInt | None = Field(None, description="items to return (default and maximum: settings, "
+                                                        "stated in the served schema)")
     exclude_history: bool = Field(True, description="never return items of the history")
     exclude: list[ItemId] = Field(default_factory=list, description="item ids never to return")
-    max_interests: int | None = Field(None, ge=1, description="use at most this many interests")
+    max_interests: PositiveInt | None = Field(None, description="use at most this many interests")
     explain: bool = Field(False, description="list, per interest, the history items routed to it")
     diversity: float = Field(
         0.0, ge=0, le=MAX_DIVERSITY, allow_inf_nan=False,
@@ -62,6 +77,7 @@ class RecallResponse(BaseModel):
     interests: int = Field(description="interests (capsules) used")
     cold_start: bool = Field(description="true: no known history, items are the popularity list")
     unknown_items: int = Field(description="history items not in the catalogue, ignored")
+    unknown_profile_features: int = Field(description="profile features the model does not use, ignored")
     model_version: str
     took_ms: float
     explain: list[InterestExplanation] | None = None
@@ -86,15 +102,17 @@ class ErrorResponse(BaseModel):
 
 
 class LimitError(ValueError):
-    """A request beyond a configured maximum or naming an unknown profile feature (422)."""
+    """A request beyond a configured maximum (422)."""
 
 
 def _ids(values) -> tuple[str, ...]:
     return tuple(v if isinstance(v, str) else str(v) for v in values)
 
 
-def to_query(request: RecallRequest, settings: Settings, bundle: Bundle | None, where: str = "") -> RecallQuery:
-    """Validate ``request`` against the limits; ``where`` prefixes messages (``[3].``)."""
+def to_query(request: RecallRequest, settings: Settings, where: str = "") -> RecallQuery:
+    """Validate ``request`` against the limits; ``where`` prefixes messages (``[3].``).
+    Profile features the bundle does not use are not an error: the pipeline ignores and
+    counts them (``unknown_profile_features``), as the OpenAPI schema documents."""
     top_n = settings.default_top_n if request.top_n is None else request.top_n
     if top_n > settings.max_top_n:
         raise LimitError(f"{where}top_n={top_n} exceeds the maximum {settings.max_top_n}")
@@ -106,12 +124,29 @@ def to_query(request: RecallRequest, settings: Settings, bundle: Bundle | None, 
     if len(request.exclude) > settings.max_exclude:
         raise LimitError(f"{where}exclude has {len(request.exclude)} items; the maximum is {settings.max_exclude}")
     profile = {name: v if isinstance(v, str) else str(v) for name, v in (request.profile or {}).items()}
-    if bundle is not None:
-        unknown = sorted(set(profile) - set(bundle.profile_features))
-        if unknown:
-            raise LimitError(f"{where}profile features {unknown} are not used by this model "
-                             f"(known: {list(bundle.profile_features)})")
     return RecallQuery(history=_ids(request.history), profile=profile, top_n=top_n,
                        exclude_history=request.exclude_history, exclude=_ids(request.exclude),
                        max_interests=request.max_interests, explain=request.explain,
                        diversity=request.diversity)
+
+
+def document_limits(openapi: dict, settings: Settings) -> dict:
+    """Write the configured maxima, which ``to_query`` enforces with 422, into the OpenAPI
+    document (in place, idempotent), so that every schema-valid request is accepted
+    (tests/test_fuzz.py checks it). Request bodies above ``max_body_bytes`` (413) are the one
+    limit JSON Schema cannot state."""
+    model = openapi["components"]["schemas"]["RecallRequest"]
+    request = model["properties"]
+    next(s for s in request["top_n"]["anyOf"] if s.get("type") == "integer")["maximum"] = settings.max_top_n
+    request["history"]["maxItems"] = settings.max_history
+    request["exclude"]["maxItems"] = settings.max_exclude
+    # diversity > 0 caps top_n (the default top_n too, when the request gives none)
+    diverse_top_n = {"type": "integer", "minimum": 1, "maximum": min(settings.max_top_n, MAX_DIVERSE_TOP_N)}
+    model["if"] = {"properties": {"diversity": {"exclusiveMinimum": 0}}, "required": ["diversity"]}
+    if settings.default_top_n <= MAX_DIVERSE_TOP_N:
+        model["then"] = {"properties": {"top_n": {"anyOf": [diverse_top_n, {"type": "null"}]}}}
+    else:
+        model["then"] = {"properties": {"top_n": diverse_top_n}, "required": ["top_n"]}
+    batch = openapi["paths"]["/recall/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    batch["maxItems"] = settings.max_batch_requests
+    return openapi
