@@ -10,6 +10,7 @@ import torch
 
 from model.protocol import HeldOut, MindRetriever, rank_all, score_all, tower_capsule_fn
 from model.report import write_report
+from model.tower_format import script_tower
 
 N_ITEMS, DIM, K = 60, 6, 3
 
@@ -163,7 +164,7 @@ def test_bundle_evaluation_matches_the_direct_protocol(tmp_path, capsys):
     gen = torch.Generator().manual_seed(0)
     item_emb = torch.randn(n_items + 1, DIM, generator=gen)
     item_emb[0] = 0
-    tower = torch.jit.script(LastItemsTower(item_emb, torch.randn(len(ages), DIM, generator=gen)))
+    tower = script_tower(LastItemsTower(item_emb, torch.randn(len(ages), DIM, generator=gen)))
     bundle = write_bundle(tmp_path / "bundle", tower=tower, item_vectors=item_emb[1:].numpy(),
                           item_ids=ds.items.tokens[1:], profile_vocab={"age": list(ages)},
                           popular_rows=np.arange(n_items), hyperparameters={}, metrics={}, max_len=8, data=cfg)

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from model.config import ModelConfig, TrainConfig, model_config_from_dict, to_dict
 from model.loss import full_softmax_loss, sampled_softmax_loss, sampling_distribution
 from model.tower import MIND
+from model.tower_format import script_tower
 
 N_ITEMS, D, K, MAX_LEN = 40, 16, 4, 10
 
@@ -67,7 +68,7 @@ def test_item_vectors_pool_side_features_and_keep_padding_zero():
 def test_scripted_tower_matches_eager(axis):
     model = make_model(routing_softmax=axis)
     tower = model.user_tower()
-    scripted = torch.jit.script(tower)
+    scripted = script_tower(tower)
     for length in (MAX_LEN, 4, MAX_LEN + 5):                           # shorter and longer than max_len
         h = histories([min(n, length) for n in (length, 5, 1, 2, 9)], length=length)
         p = profiles(len(h))
@@ -78,7 +79,7 @@ def test_scripted_tower_matches_eager(axis):
 
 def test_tower_contract_shapes_masks_and_no_profile():
     model = make_model(profile_vocab_sizes=())
-    tower = torch.jit.script(model.user_tower())
+    tower = script_tower(model.user_tower())
     h = histories([MAX_LEN, 3, 1])
     capsules, active, weights = tower(h, torch.zeros(3, 0, dtype=torch.long))
     assert capsules.shape == (3, K, D) and capsules.dtype == torch.float32
