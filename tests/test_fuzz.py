@@ -64,12 +64,9 @@ PLAN = [
 @pytest.fixture(scope="module", autouse=True)
 def announce_seed(request):
     """Print the run's seed (also with -q and captured output) so a failure can be replayed."""
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    line = f"fuzz seed {SEED} (replay: FUZZ_SEED={SEED})"
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
-        print(line)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\nfuzz seed {SEED} (replay: FUZZ_SEED={SEED})", flush=True)
 
 
 @pytest.fixture(scope="module")
