@@ -34,6 +34,7 @@ from tests.service_support import build_bundle, item_id
 
 TOKEN = "fuzz-token"
 CALL_TIMEOUT_S = 10
+NO_SHEDDING_MS = 60_000.0
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           negative_data_rejection]
 # Schema-valid requests must get a 2xx (checked in `fuzz`: stricter than schemathesis'
@@ -73,8 +74,11 @@ def announce_seed(request):
 def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz-bundles")
     build_bundle(root, seed=0)
+    # No load shedding or deadline here (a loaded CI machine would get 503s for schema-valid
+    # requests): this run checks schema against behaviour; overload has its own tests.
     app = create_app(Settings(bundle=root, device="cpu", admin_token=TOKEN, warmup_batches=1, log_requests=False,
-                              max_batch_requests=32))
+                              max_batch_requests=32, latency_objective_ms=NO_SHEDDING_MS,
+                              request_timeout_ms=NO_SHEDDING_MS))
     yield app
     shutdown_lifespans()   # schemathesis keeps a started lifespan until interpreter exit otherwise
 
