@@ -259,3 +259,41 @@ def test_exact_scores_are_row_by_row_inner_products():
     np.testing.assert_allclose(got[0], [queries[0] @ items[0], queries[0] @ items[8]], rtol=1e-5)
     # the same pair gives the same bits whatever else is in the call
     np.testing.assert_array_equal(retrieval.exact_scores(queries[:1], items, rows[:1]), got[:1])
+
+
+def test_search_scores_do_not_depend_on_batch_mates():
+    """Why search rescores even a flat index: FAISS's own scores move in the last bits with
+    the number of queries in a call (BLAS kernels); the pair-by-pair scores do not."""
+    import faiss
+
+    _, capsules, active, items = random_problem(14, n_users=33, n_items=3000, dim=64)
+    index = flat_index(items)
+    previous = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 1                 # the service's setting: BLAS always
+    try:
+        alone = retrieval.search(index, items, capsules[:1], active[:1], 40)
+        for batch in (2, 5, 33):
+            crowded = retrieval.search(index, items, capsules[:batch], active[:batch], 40)
+            np.testing.assert_array_equal(crowded[0][:1], alone[0])
+            np.testing.assert_array_equal(crowded[1][:1], alone[1])
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = previous
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_gives_exact_scores_for_what_it_finds(kind):
+    from model.index import build_index, perturbed_queries, tune_index
+
+    rng = np.random.default_rng(15)
+    items = rng.normal(size=(4000, 16)).astype(np.float32)
+    index, _ = build_index(items, kind)
+    tune_index(index, items, perturbed_queries(items, 100, seed=1))
+    capsules = rng.normal(size=(20, 2, 16)).astype(np.float32)
+    active = np.ones((20, 2), bool)
+    scores, rows = retrieval.search(index, items, capsules, active, 50)
+    exact = np.einsum("bkd,bknd->bkn", capsules.astype(np.float64), items[rows].astype(np.float64))
+    np.testing.assert_allclose(scores, exact, rtol=1e-5, atol=1e-5)
+    got = multi_interest_topn(capsules, active, items, 30, index=index)
+    reference = brute_force_topn(capsules, active, items, 30)
+    overlap = np.mean([len(set(g) & set(r)) / 30 for g, r in zip(got.tolist(), reference.tolist())])
+    assert overlap >= 0.9
