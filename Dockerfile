@@ -10,14 +10,33 @@
 # CUDA torch wheels carry their CUDA runtime, so a python base image is enough for GPU use
 # (the host supplies the driver through the NVIDIA container toolkit). BASE_IMAGE may be any
 # image with python >= 3.10 on the same path in both stages (the venv links to it).
+#
+# Behind a proxy or a package mirror (all build arguments; none reaches the final image):
+#   docker build --build-arg PIP_INDEX_URL=https://mirror.example/pypi/simple \
+#       --build-arg PIP_EXTRA_INDEX_URL=https://mirror.example/extra/simple \
+#       --build-arg TORCH_INDEX_URL=https://mirror.example/torch-cpu \
+#       --build-arg EXTRA_CA_CERT="$(cat corporate-root-ca.pem)" \
+#       --build-arg HTTPS_PROXY=http://proxy.example:3128 -t mind-recall .
+# EXTRA_CA_CERT (PEM text) is added to the CAs pip trusts; HTTP(S)_PROXY are Docker's own
+# predefined build arguments. The base image comes from your registry with BASE_IMAGE.
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS builder
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_EXTRA_INDEX_URL=
+ARG EXTRA_CA_CERT=
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_INDEX_URL=${PIP_INDEX_URL} PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL}
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# The CAs pip trusts: the base image's ($PIP_CERT, else the system store, else pip's bundled
+# certifi), plus EXTRA_CA_CERT when given. Lives in the builder stage only.
+RUN base="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" \
+    && if [ ! -s "$base" ]; then base="$(python -c 'import pip._vendor.certifi as c; print(c.where())')"; fi \
+    && { cat "$base"; printf '%s\n' "$EXTRA_CA_CERT"; } > /opt/build-ca.pem
+ENV PIP_CERT=/opt/build-ca.pem
 # torch first, from the chosen index, so the package's `torch==2.13.0` pin is already met
 # and no resolver ever pulls the multi-GB default CUDA build into a CPU image.
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"

@@ -1,7 +1,7 @@
 """docker-compose.yml, the Dockerfile and deploy/ agree with the repository and the service.
 
-No Docker engine runs on our machines, so this checks statically what `docker compose up`
-would trip on: every referenced file exists (and is not excluded from the build context), the
+This checks statically, in every test run, what `docker compose up` would trip on (the real
+engine runs in deploy/smoke-docker.sh, `make smoke-docker`, which takes minutes): every referenced file exists (and is not excluded from the build context), the
 commands are modes of deploy/entrypoint.sh, ports agree, every environment variable is a
 field of the service's Settings or a variable of the entrypoint, Prometheus scrapes the
 service's /metrics, and every health check hits a real route of the app."""
@@ -182,3 +182,58 @@ def test_containers_write_only_to_their_volume_and_tmp(compose: dict, dockerfile
             assert mount, f"{name}: {var}={path} is not under a mounted volume"
             assert (mounts[mount] == ["ro"]) == (name != "trainer"), f"{name}: {mount} mount mode"
     assert "VOLUME [\"/data\"]" in dockerfile and "BUNDLE_DIR=/data/" in dockerfile
+
+
+def dockerfile_args(dockerfile: str) -> set[str]:
+    return {arg.split("=", 1)[0] for arg in instructions(dockerfile, "ARG")}
+
+
+def test_builds_take_package_indexes_and_a_ca_as_arguments(compose: dict, dockerfile: str) -> None:
+    """Behind a proxy or mirror: PyPI, an extra index, torch's index, an extra CA and the base
+    image are build arguments, and compose passes each from the environment (with defaults)."""
+    wanted = {"BASE_IMAGE", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "TORCH_INDEX_URL", "EXTRA_CA_CERT"}
+    assert wanted <= dockerfile_args(dockerfile)
+    assert "PIP_CERT=/opt/build-ca.pem" in dockerfile and "$EXTRA_CA_CERT" in dockerfile
+    for name in MIND_SERVICES:
+        args = compose["services"][name]["build"]["args"]
+        assert set(args) <= dockerfile_args(dockerfile), f"{name}: {sorted(set(args) - dockerfile_args(dockerfile))}"
+        assert wanted <= set(args), name
+        for key, value in args.items():
+            assert re.fullmatch(r"\$\{\w+:-[^}]*\}", value), f"{name}: build arg {key}={value!r} is not ${{VAR:-default}}"
+    # The final image carries none of them: they live in the builder stage only.
+    runtime = (REPO_ROOT / "Dockerfile").read_text().split("AS runtime", 1)[1]
+    assert not any(arg in runtime for arg in ("PIP_INDEX_URL", "EXTRA_CA_CERT", "build-ca.pem"))
+
+
+@pytest.mark.parametrize("service,variable,default", [("prometheus", "PROMETHEUS_IMAGE", "prom/prometheus:"),
+                                                      ("grafana", "GRAFANA_IMAGE", "grafana/grafana:")])
+def test_monitoring_images_are_overridable(compose: dict, service: str, variable: str, default: str) -> None:
+    image = compose["services"][service]["image"]
+    match = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", image)
+    assert match and match.group(1) == variable and match.group(2).startswith(default), image
+    assert re.search(r":v?\d+\.\d+\.\d+$", match.group(2)), f"{image}: pin a version"
+
+
+def prometheus_mounts(compose: dict) -> dict[str, Path]:
+    """Container path -> repository file of Prometheus' bind mounts."""
+    mounts = {}
+    for volume in compose["services"]["prometheus"]["volumes"]:
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            mounts[target] = REPO_ROOT / source
+    return mounts
+
+
+def test_prometheus_loads_the_alert_rules(compose: dict) -> None:
+    """Every rule file deploy/prometheus.yml names is mounted where it looks (next to it)."""
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus.yml").read_text())
+    mounts = prometheus_mounts(compose)
+    config_path = next(t for t, s in mounts.items() if s == REPO_ROOT / "deploy" / "prometheus.yml")
+    assert config["rule_files"], "no alert rules loaded"
+    for rule_file in config["rule_files"]:
+        target = str(Path(config_path).parent / rule_file)
+        assert target in mounts, f"{rule_file}: not mounted at {target}"
+        groups = yaml.safe_load(mounts[target].read_text())["groups"]
+        assert {r["alert"] for g in groups for r in g["rules"]} >= {
+            "MindRecallDown", "MindRecallNotReady", "MindRecallHighErrorRatio", "MindRecallLatencyP99OverSLO",
+            "MindRecallShedding", "MindRecallReloadFailed", "MindRecallModelStale"}
