@@ -44,6 +44,8 @@ class ServiceMetrics:
                                  registry=registry)
         self.model = Info("mind_recall_model", "the bundle being served", registry=registry)
         self.reloads = Counter("mind_recall_reloads", "bundle (re)loads by result", ["result"], registry=registry)
+        self.ready = Gauge("mind_recall_ready", "1 once a bundle is loaded and warmed up (GET /readyz answers 200)",
+                           registry=registry)
         self.model_created = Gauge("mind_recall_model_created_timestamp_seconds",
                                    "when the served bundle was exported (manifest created_at), Unix seconds",
                                    registry=registry)

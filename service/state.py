@@ -222,6 +222,7 @@ class ServiceState:
             self.metrics.model.info({"model_version": bundle.model_version, "path": str(bundle.path),
                                      "tower_format": bundle.tower_format})
             self.metrics.model_created.set(created_timestamp(bundle.manifest))
+            self.metrics.ready.set(1)
             log.info("bundle serving", extra={"bundle": str(bundle.path), "model_version": bundle.model_version,
                                               "tower_format": bundle.tower_format,
                                               "previous_model_version": previous.model_version if previous else None})
