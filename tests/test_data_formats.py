@@ -185,3 +185,18 @@ def test_hundred_thousand_lines_stream(tmp_path):
     path.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + rows)
     x = load_interactions(path)
     assert len(x) == 100_000 and x.item_ids[-1] == f"i{99_999 % 1700}"
+
+
+def test_parquet_number_and_date_cells_read_as_python_writes_them(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    from datetime import datetime
+
+    path = tmp_path / "log.parquet"
+    when = [datetime(2024, 1, 2), datetime(2024, 1, 1), datetime(2024, 1, 3)]
+    pq.write_table(pa.table({"user": [1.0, 1.0, 2.0], "item": [5, 6, 5], "time": when, "shelf": [0, 3, 9],
+                             "unused": ["a", "b", "c"]}), path)
+    x = load_interactions(path, item_features=["shelf"])
+    assert columns(x)[:2] == (["1.0", "1.0", "2.0"], ["5", "6", "5"])  # str() of the numbers
+    assert x.timestamps.tolist() == [w.timestamp() for w in when]
+    assert x.item_features == {"5": {"shelf": ["0"]}, "6": {"shelf": ["3"]}}

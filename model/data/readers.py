@@ -39,6 +39,7 @@ FOLDER_ENTRIES = ("u.data", "ratings.dat", "ratings.csv")
 TYPED_HEADER_MARKERS = (":token", ":float")
 KNOWN_TYPES = ("token", "token_seq", "float", "float_seq")
 MOVIELENS_AT = {"user": 0, "item": 1, "time": 3}  # user, item, rating, timestamp
+GENRE_KIND = {"genre": "token_seq"}
 
 
 def load_interactions(path, *, fmt=None, user_col=None, item_col=None, time_col=None, sep=None,
@@ -111,8 +112,8 @@ def read_udata(path: Path, sep: str, given, user_features, item_features):
     folder = path.parent
     genres = _udata_genre_names(folder / "u.genre")
     users = _movielens_users(folder / "u.user", "|", {"age": 1, "gender": 2, "occupation": 3, "zip_code": 4})
-    items = _movielens_items(folder / "u.item", "|", 5 + len(genres),
-                             lambda f: [g for g, flag in zip(genres, f[5:]) if flag.strip() == "1"])
+    items = _movielens_side(folder / "u.item", "|", 5 + len(genres), GENRE_KIND, lambda f: {
+        "genre": [g for g, flag in zip(genres, f[5:]) if flag.strip() == "1"]})
     return log, (users, folder / "u.user"), (items, folder / "u.item")
 
 
@@ -121,7 +122,7 @@ def read_dat(path: Path, sep: str, given, user_features, item_features):
     log, _ = log_columns(path, sep, 4, MOVIELENS_AT, encoding=LATIN1)
     folder = path.parent
     users = _movielens_users(folder / "users.dat", sep, {"gender": 1, "age": 2, "occupation": 3, "zip_code": 4})
-    items = _movielens_items(folder / "movies.dat", sep, 3, lambda f: _genre_list(f[2]))
+    items = _movielens_side(folder / "movies.dat", sep, 3, GENRE_KIND, lambda f: {"genre": _genre_list(f[2])})
     return log, (users, folder / "users.dat"), (items, folder / "movies.dat")
 
 
@@ -137,7 +138,7 @@ def read_latest_csv(path: Path, sep: str, given, user_features, item_features):
         at = _positions(movie_header, pick_columns(movies, movie_line, movie_header, wanted, roles=tuple(wanted)))
         rows = side_rows(movies, ",", len(movie_header), at["item"], skip=movie_line)
         items = SideTable(movies, _first_rows(rows, at["item"], lambda f: {"genre": _genre_list(f[at["genres"]])}),
-                          {"genre": "token_seq"})
+                          GENRE_KIND)
     return log, (None, path.parent / "users.csv"), (items, movies)
 
 
@@ -164,11 +165,12 @@ def read_delimited(path: Path, sep: str, given, user_features, item_features):
 
 def read_parquet(path: Path, sep: str, given, user_features, item_features):
     """A Parquet table; errors name the 1-based row as the line."""
-    table = _parquet(path).read()
-    header = list(table.column_names)
+    reader = _parquet(path)
+    header = reader.schema_arrow.names
     chosen = pick_columns(path, 1, header, given)
     wanted = _requested(path, 1, header, user_features, item_features)
     names = {n for n in (*chosen.values(), *wanted[0], *wanted[1]) if n is not None}
+    table = reader.read(columns=sorted(names))
     log, columns = _parquet_log(path, table, header, chosen, names)
     return _same_table_features(log, {n: columns[header.index(n)] for n in {*wanted[0], *wanted[1]}}, wanted)
 
@@ -260,7 +262,7 @@ def _same_table_features(log: Interactions, columns: dict[str, pa.ChunkedArray],
         cells = {n: columns[n].take(pa.array(first)).to_pylist() for n in names}
         rows = {}
         for j, code in enumerate(present.tolist()):
-            values = {n: (cells[n][j] or "").strip() for n in names}
+            values = {n: _text(cells[n][j]).strip() for n in names}
             rows[keys[code]] = ({n: [v] for n, v in values.items() if v} if kind == "token" else
                                 {n: [t.strip() for t in v.split(ITEM_TOKEN_SEP) if t.strip()] for n, v in values.items()})
         tables.append((SideTable(Path(), rows, dict.fromkeys(names, kind)), Path()))
@@ -327,21 +329,17 @@ def _first_rows(rows: list[list[str]], id_at: int, parse) -> dict[str, dict[str,
     return table
 
 
+def _movielens_side(path: Path, sep: str, n_fields: int, kinds: dict[str, str], parse) -> SideTable | None:
+    """A latin-1 MovieLens side file (id first) as a `SideTable`, or None when absent."""
+    if not path.is_file():
+        return None
+    return SideTable(path, _first_rows(side_rows(path, sep, n_fields, 0, encoding=LATIN1), 0, parse), kinds)
+
+
 def _movielens_users(path: Path, sep: str, column_at: dict[str, int]) -> SideTable | None:
-    """A MovieLens user file of single-token columns, or None if absent."""
-    if not path.is_file():
-        return None
-    rows = side_rows(path, sep, 1 + len(column_at), 0, encoding=LATIN1)
-    table = _first_rows(rows, 0, lambda f: {n: [f[i].strip()] for n, i in column_at.items() if f[i].strip()})
-    return SideTable(path, table, dict.fromkeys(column_at, "token"))
-
-
-def _movielens_items(path: Path, sep: str, n_fields: int, genres_of) -> SideTable | None:
-    """A MovieLens item file with one ``genre`` token list, or None if absent."""
-    if not path.is_file():
-        return None
-    rows = side_rows(path, sep, n_fields, 0, encoding=LATIN1)
-    return SideTable(path, _first_rows(rows, 0, lambda f: {"genre": genres_of(f)}), {"genre": "token_seq"})
+    """A MovieLens user file of single-token columns, or None when absent."""
+    return _movielens_side(path, sep, 1 + len(column_at), dict.fromkeys(column_at, "token"),
+                           lambda f: {n: [f[i].strip()] for n, i in column_at.items() if f[i].strip()})
 
 
 def _genre_list(text: str) -> list[str]:
