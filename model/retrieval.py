@@ -23,6 +23,7 @@ from model.index import flat_index
 EMPTY_ROW = -1
 USERS_PER_SEARCH = 8192   # users per FAISS call: bounds the (users, K, fetch) candidate arrays
 BOUNDARY_MARGIN = 8       # extra candidates per interest, see fetch_size
+FIRST_FETCH_EXCLUDED = 32 # excluded rows the first search makes room for, see search_enough
 MERGE_POLICIES = ("score", "round_robin")
 MAX_DIVERSITY = 10.0      # lambda beyond which the penalty already dwarfs the whole score range
 MAX_DIVERSE_TOP_N = 100   # merge_diverse costs O(K * top_n^2) per request; larger lists are refused
@@ -50,8 +51,12 @@ def fetch_size(top_n: int, n_excluded: int, margin: int, n_items: int, diversity
     FAISS 1.15, measured), so the last rows of a list may swap with the next ones outside
     it; a few spare rows keep the exact top f inside the list whatever the batch.
     """
-    depth = DIVERSE_POOL_DEPTH * top_n if diversity > 0 else top_n
-    return max(1, min(n_items, depth + n_excluded + margin))
+    return int(max(1, min(n_items, pool_depth(top_n, diversity) + n_excluded + margin)))
+
+
+def pool_depth(top_n: int, diversity: float) -> int:
+    """Non-excluded rows each interest must contribute: top_n, or the diverse pool's depth."""
+    return DIVERSE_POOL_DEPTH * top_n if diversity > 0 else top_n
 
 
 def exact_scores(queries: np.ndarray, item_vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -89,6 +94,38 @@ def search(index: faiss.Index, item_vectors: np.ndarray, capsules: np.ndarray, a
         _, found = index.search(queries, k)                             # (Q, k)
         rows[active] = found
         scores[active] = exact_scores(queries, item_vectors, found)
+    return scores, rows
+
+
+def search_enough(index: faiss.Index, item_vectors: np.ndarray, capsules: np.ndarray, active: np.ndarray,
+                  excluded: list[np.ndarray], top_n: np.ndarray, margin: int = BOUNDARY_MARGIN,
+                  diversity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search` with lists only as deep as the exclusions make them need to be.
+
+    All fetch_size's claim uses is that each active interest of request b holds its best
+    ``depth_b`` non-excluded rows (depth_b = top_n[b], or the diverse pool's depth). So every
+    query first fetches room for FIRST_FETCH_EXCLUDED excluded rows; only the interests whose
+    first ``k - margin`` rows turn out to hold fewer than depth_b non-excluded ones (their
+    excluded rows crowd the top) are searched again, with the full bound of fetch_size.
+    excluded[b], top_n (B,) int, diversity (B,) float or None. Returns scores, rows (B, K, k).
+    """
+    n_items, lam = index.ntotal, np.zeros(len(top_n)) if diversity is None else diversity
+    full = np.array([fetch_size(n, len(e), margin, n_items, d) for n, e, d in zip(top_n, excluded, lam)])
+    k = max(fetch_size(n, min(len(e), FIRST_FETCH_EXCLUDED), margin, n_items, d)
+            for n, e, d in zip(top_n, excluded, lam))
+    scores, rows = search(index, item_vectors, capsules, active, k)                  # (B, K, k)
+    head = rows[:, :, : max(k - margin, 1)]
+    dropped = exclusion_mask(head.reshape(len(head), -1), excluded).reshape(head.shape)
+    depth = np.array([pool_depth(n, d) for n, d in zip(top_n, lam)])                # (B,)
+    short = active & (((head >= 0) & ~dropped).sum(axis=2) < depth[:, None]) & (full > k)[:, None]
+    if not short.any():
+        return scores, rows
+    deeper = int(full[short.any(axis=1)].max())
+    more_scores, more_rows = search(index, item_vectors, capsules, short, deeper)     # (B, K, deeper)
+    widen = ((0, 0), (0, 0), (0, deeper - k))
+    scores = np.pad(scores, widen, constant_values=-np.inf)
+    rows = np.pad(rows, widen, constant_values=EMPTY_ROW)
+    scores[short], rows[short] = more_scores[short], more_rows[short]
     return scores, rows
 
 
@@ -170,11 +207,14 @@ def merge_round_robin(scores: np.ndarray, rows: np.ndarray, interest: np.ndarray
 
 
 def _diverse_pool(scores, rows, interest, drop, depth: int):
-    """The candidate pool of :func:`merge_diverse`: each interest's best ``depth`` distinct,
-    non-excluded rows, as (B, P) arrays sorted by (-score, row), P <= K * depth, -inf padded."""
-    scores, rows, interest = _best_copy(scores, rows, interest, drop)
+    """The candidate pool of :func:`merge_diverse`: each interest's best ``depth``
+    non-excluded rows by its own score (so the pool does not depend on how deep the lists were
+    fetched), de-duplicated as in :func:`_best_copy`; (B, P) arrays sorted by (-score, row),
+    P <= K * depth, -inf padded."""
+    scores = np.where(drop | (rows < 0), -np.inf, scores)
     scores, rows, interest, rank = _rank_within_interest(scores, rows, interest)
     scores = np.where(rank < depth, scores, -np.inf)
+    scores, rows, interest = _best_copy(scores, rows, interest, np.zeros(rows.shape, dtype=bool))
     order = np.lexsort((rows, -scores), axis=-1)[:, : depth * (int(interest.max(initial=0)) + 1)]
     return tuple(np.take_along_axis(a, order, axis=1) for a in (scores, rows, interest))
 
@@ -291,10 +331,10 @@ def multi_interest_topn(capsules: np.ndarray, active: np.ndarray,
     out = np.full((len(capsules), n), EMPTY_ROW, dtype=np.int64)
     for start in range(0, len(capsules), USERS_PER_SEARCH):
         stop = min(start + USERS_PER_SEARCH, len(capsules))
-        block_exclude = None if exclude is None else [np.asarray(e, dtype=np.int64) for e in exclude[start:stop]]
-        n_excluded = max((len(e) for e in block_exclude), default=0) if block_exclude is not None else 0
-        k = fetch_size(n, n_excluded, BOUNDARY_MARGIN, index.ntotal, diversity)
-        scores, rows = search(index, item_vectors, capsules[start:stop], active[start:stop], k)
+        block_exclude = ([np.empty(0, np.int64)] * (stop - start) if exclude is None
+                         else [np.asarray(e, dtype=np.int64) for e in exclude[start:stop]])
         lam = np.full(stop - start, diversity, dtype=np.float64)
+        scores, rows = search_enough(index, item_vectors, capsules[start:stop], active[start:stop], block_exclude,
+                                     np.full(stop - start, n), BOUNDARY_MARGIN, lam)
         out[start:stop] = merge(scores, rows, block_exclude, n, policy, lam, category_of_row)[0]
     return out

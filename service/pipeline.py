@@ -205,15 +205,15 @@ def recall_batch(bundle: Bundle, queries: list[RecallQuery],
         active = cap_interests(active, limits)
         tower_done = time.perf_counter()
         times.tower_s = tower_done - start
-        n_items = len(bundle.item_ids)
-        k = max(retrieval.fetch_size(queries[b].top_n, len(batch.excluded[b]), options.overfetch, n_items,
-                                     queries[b].diversity) for b in warm)
-        scores, rows = retrieval.search(bundle.index, bundle.item_vectors, capsules, active, k)  # (B, K, k)
+        excluded = [batch.excluded[b] for b in warm]
+        top_n = np.array([queries[b].top_n for b in warm])
+        diversity = np.array([queries[b].diversity for b in warm])
+        scores, rows = retrieval.search_enough(bundle.index, bundle.item_vectors, capsules, active, excluded,
+                                               top_n, options.overfetch, diversity)           # (B, K, k)
         search_done = time.perf_counter()
         times.search_s = search_done - tower_done
-        top_n = max(queries[b].top_n for b in warm)
-        rows, scores, interest = retrieval.merge(scores, rows, [batch.excluded[b] for b in warm], top_n,
-                                                 options.merge_policy, np.array([queries[b].diversity for b in warm]))
+        rows, scores, interest = retrieval.merge(scores, rows, excluded, int(top_n.max()), options.merge_policy,
+                                                 diversity)
         for i, b in enumerate(warm):
             answers[b] = _ranked_answer(bundle, rows[i], scores[i], interest[i],
                                         int(active[i].sum()), queries[b].top_n)

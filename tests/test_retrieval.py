@@ -297,3 +297,43 @@ def test_approximate_index_gives_exact_scores_for_what_it_finds(kind):
     reference = brute_force_topn(capsules, active, items, 30)
     overlap = np.mean([len(set(g) & set(r)) / 30 for g, r in zip(got.tolist(), reference.tolist())])
     assert overlap >= 0.9
+
+
+# --- search_enough: deeper lists only where the exclusions crowd the top --------------------
+
+def crowded_and_sparse_exclusions(seed, n_users=24, n_items=3000, n=10):
+    rng, capsules, active, items = random_problem(seed, n_users=n_users, n_items=n_items, dim=16)
+    reference, _ = pairwise_brute_force(capsules, active, items, 60, [np.empty(0, np.int64)] * n_users)
+    exclude = [rng.choice(n_items, 300, replace=False) for _ in range(n_users)]      # mostly far down
+    for u in range(0, n_users, 3):                                                      # a third: their best 50
+        exclude[u] = np.unique(np.concatenate([exclude[u], reference[u, :50]]))
+    return capsules, active, items, exclude
+
+
+@pytest.mark.parametrize("seed", [20, 21])
+def test_search_enough_is_exact_and_fetches_less(seed):
+    capsules, active, items, exclude = crowded_and_sparse_exclusions(seed)
+    n, index = 10, flat_index(items)
+    top_n = np.full(len(capsules), n)
+    expected, _ = pairwise_brute_force(capsules, active, items, n, exclude)
+    scores, rows = retrieval.search_enough(index, items, capsules, active, exclude, top_n, margin=0)
+    np.testing.assert_array_equal(retrieval.merge(scores, rows, exclude, n)[0], expected)
+    # the sparse users alone need no second, deep search
+    sparse = np.array([u % 3 != 0 for u in range(len(capsules))])
+    _, sparse_rows = retrieval.search_enough(index, items, capsules[sparse], active[sparse],
+                                             [e for e, s in zip(exclude, sparse) if s], top_n[sparse], margin=0)
+    assert sparse_rows.shape[2] == n + retrieval.FIRST_FETCH_EXCLUDED < n + 300
+
+
+def test_diverse_pool_does_not_depend_on_fetch_depth():
+    """A request's diverse answer is the same whatever its batch-mates make the batch fetch."""
+    capsules, active, items, exclude = crowded_and_sparse_exclusions(22, n_users=9)
+    capsules[:, 1] *= 3            # interest 1 outscores interest 0 on rows deep in its own list
+    active[:, :2] = True
+    n, index, lam = 10, flat_index(items), np.full(9, 0.7)
+    categories = np.arange(len(items)) % 5
+    scores, rows = retrieval.search_enough(index, items, capsules, active, exclude, np.full(9, n), 8, lam)
+    deep_scores, deep_rows = retrieval.search(index, items, capsules, active, 600)
+    for got, deep in zip(retrieval.merge(scores, rows, exclude, n, diversity=lam, category_of_row=categories),
+                         retrieval.merge(deep_scores, deep_rows, exclude, n, diversity=lam, category_of_row=categories)):
+        np.testing.assert_array_equal(got, deep)
