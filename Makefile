@@ -7,7 +7,7 @@ PORT   ?= 8000
 RUN    ?= runs/default
 BUNDLE ?= bundles/default
 
-.PHONY: venv test serve bundle bench clean
+.PHONY: venv test serve bundle bench smoke-docker clean
 
 # The pinned CPU torch is installed first so that no range ever pulls a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
@@ -33,6 +33,11 @@ serve: venv
 
 bench: venv
 	$(BIN)/python -m bench.run_all
+
+# The compose stack on a real Docker engine, one container at a time (minutes; not part of
+# `make test`). Without registry access, run ../shared/tools/local-docker.sh first.
+smoke-docker:
+	PYTHON=$(PYTHON) deploy/smoke-docker.sh
 
 clean:
 	rm -rf $(VENV) runs bundles

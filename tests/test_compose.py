@@ -237,3 +237,26 @@ def test_prometheus_loads_the_alert_rules(compose: dict) -> None:
         assert {r["alert"] for g in groups for r in g["rules"]} >= {
             "MindRecallDown", "MindRecallNotReady", "MindRecallHighErrorRatio", "MindRecallLatencyP99OverSLO",
             "MindRecallShedding", "MindRecallReloadFailed", "MindRecallModelStale"}
+
+
+def test_smoke_test_runs_the_services_as_compose_configures_them(compose: dict) -> None:
+    """deploy/smoke-docker.sh takes every container setting from deploy/compose_run.py, which
+    reads this file: the recall container is read-only, has a tmpfs /tmp, the data volume
+    read-only, the health check; a setting it cannot translate fails instead of being dropped."""
+    from deploy.compose_run import ComposeError, build_args, interpolate, run_options
+
+    recall = run_options(compose["services"]["recall"], "p", {})
+    assert "--read-only" in recall and "--init" in recall
+    assert recall[recall.index("--tmpfs") + 1] == "/tmp"
+    assert recall[recall.index("-v") + 1] == "p-mind-data:/data:ro"
+    assert "/readyz" in recall[recall.index("--health-cmd") + 1]
+    assert recall[recall.index("--health-start-period") + 1] == "60s"
+    trainer = run_options(compose["services"]["trainer"], "p", {"MIND_TRAIN_ARGS": "--epochs 1"})
+    assert "MIND_TRAIN_ARGS=--epochs 1" in trainer and "p-mind-data:/data" in trainer
+    assert "--build-arg" in build_args(compose["services"]["recall"], {}) and "BASE_IMAGE=x" in build_args(
+        compose["services"]["recall"], {"BASE_IMAGE": "x"})
+    assert interpolate("${A:-d}:${B}", {"A": ""}) == "d:"
+    with pytest.raises(ComposeError, match="cap_add"):
+        run_options(dict(compose["services"]["recall"], cap_add=["NET_ADMIN"]), "p", {})
+    for name in ("trainer", "recall", "prometheus", "grafana"):
+        run_options(compose["services"][name], "p", {})   # every service's keys are translated
