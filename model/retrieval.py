@@ -196,25 +196,31 @@ def _rank_within_interest(scores: np.ndarray, rows: np.ndarray, interest: np.nda
     return scores, rows, interest, np.where(np.isfinite(scores), rank, rows.shape[1])
 
 
+def _per_interest_pool(scores, rows, interest, drop, depth: int):
+    """Each interest's best ``depth`` non-excluded rows by its own score, de-duplicated as in
+    :func:`_best_copy` (all (B, C), re-ordered by row). Unlike de-duplicating everything
+    fetched, this does not depend on how deep the lists were fetched (batch-mates)."""
+    scores = np.where(drop | (rows < 0), -np.inf, scores)
+    scores, rows, interest, rank = _rank_within_interest(scores, rows, interest)
+    scores = np.where(rank < depth, scores, -np.inf)
+    return _best_copy(scores, rows, interest, np.zeros(rows.shape, dtype=bool))
+
+
 def merge_round_robin(scores: np.ndarray, rows: np.ndarray, interest: np.ndarray, n: int,
                       drop: np.ndarray):
     """Like :func:`merge_by_score`, but interests take turns: the best item of each interest
-    (in capsule order), then the second best of each, ... De-duplication as there."""
-    scores, rows, interest = _best_copy(scores, rows, interest, drop)
+    (in capsule order), then the second best of each, ... over each interest's best ``n``
+    non-excluded rows; a row found by several of them counts for its best score's interest."""
+    scores, rows, interest = _per_interest_pool(scores, rows, interest, drop, n)
     scores, rows, interest, rank = _rank_within_interest(scores, rows, interest)
     turn = np.lexsort((interest, rank), axis=-1)
     return _take_top(turn, scores, rows, interest, n)
 
 
 def _diverse_pool(scores, rows, interest, drop, depth: int):
-    """The candidate pool of :func:`merge_diverse`: each interest's best ``depth``
-    non-excluded rows by its own score (so the pool does not depend on how deep the lists were
-    fetched), de-duplicated as in :func:`_best_copy`; (B, P) arrays sorted by (-score, row),
-    P <= K * depth, -inf padded."""
-    scores = np.where(drop | (rows < 0), -np.inf, scores)
-    scores, rows, interest, rank = _rank_within_interest(scores, rows, interest)
-    scores = np.where(rank < depth, scores, -np.inf)
-    scores, rows, interest = _best_copy(scores, rows, interest, np.zeros(rows.shape, dtype=bool))
+    """The candidate pool of :func:`merge_diverse`: :func:`_per_interest_pool` as (B, P)
+    arrays sorted by (-score, row), P <= K * depth, -inf padded."""
+    scores, rows, interest = _per_interest_pool(scores, rows, interest, drop, depth)
     order = np.lexsort((rows, -scores), axis=-1)[:, : depth * (int(interest.max(initial=0)) + 1)]
     return tuple(np.take_along_axis(a, order, axis=1) for a in (scores, rows, interest))
 

@@ -337,3 +337,15 @@ def test_diverse_pool_does_not_depend_on_fetch_depth():
     for got, deep in zip(retrieval.merge(scores, rows, exclude, n, diversity=lam, category_of_row=categories),
                          retrieval.merge(deep_scores, deep_rows, exclude, n, diversity=lam, category_of_row=categories)):
         np.testing.assert_array_equal(got, deep)
+
+
+def test_round_robin_does_not_depend_on_fetch_depth():
+    capsules, active, items, exclude = crowded_and_sparse_exclusions(23, n_users=9)
+    capsules[:, 1] *= 3
+    active[:, :2] = True
+    index, n = flat_index(items), 10
+    scores, rows = retrieval.search_enough(index, items, capsules, active, exclude, np.full(9, n))
+    deep_scores, deep_rows = retrieval.search(index, items, capsules, active, 600)
+    for got, deep in zip(retrieval.merge(scores, rows, exclude, n, "round_robin"),
+                         retrieval.merge(deep_scores, deep_rows, exclude, n, "round_robin")):
+        np.testing.assert_array_equal(got, deep)
