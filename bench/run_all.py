@@ -5,8 +5,9 @@ FastAPI baseline, each step printing the command that reproduces it.
 
 Quality: trains MIND (and its K=1 baseline) on ml-100k into RUN_DIR unless it exists, then
 `mind evaluate` scores MIND, MIND K=1, item-CF and popularity on the same test users.
-Serving: the bare in-process pipeline, `mind serve` and the plain one-request-at-a-time
-FastAPI server, all on the 100k-item, d=64, K=4, top_n=100 workload.
+Serving: the bare in-process pipeline, then `mind serve` and the plain one-request-at-a-time
+FastAPI server measured interleaved in one sitting, on the 100k-item, d=64, K=4, top_n=100
+workload.
 """
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ def serving(quick: bool) -> None:
     seconds = ["--seconds", "2"] if quick else []
     py = [sys.executable, "-m"]
     run(py + ["bench.pipeline", "--batch-sizes", "1,16,32,64"] + seconds)
-    run(py + ["bench.load", "--server", "mind", "--concurrency", "1,8,16,32,64"] + seconds)
-    run(py + ["bench.load", "--server", "plain", "--pipeline-seconds", "0", "--concurrency", "1,8,16,32"] + seconds)
+    # both servers in one sitting, interleaved level by level, so they see the same machine load
+    run(py + ["bench.load", "--server", "mind,plain", "--concurrency", "1,2,4,8,16,32,64"] + seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
