@@ -7,6 +7,7 @@ that answers, so a reload between arrival and execution can never mix two catalo
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -23,7 +24,9 @@ PADDING = 0  # tower item index of an empty history slot
 
 def configure_compute(settings: Settings) -> None:
     """Thread counts of torch (process-wide) and FAISS (OpenMP: for the CALLING thread, so
-    call it in the thread that searches), and when FAISS switches to BLAS (process-wide)."""
+    call it in the thread that searches), when FAISS switches to BLAS (process-wide), and how
+    long a thread may hold the GIL while another waits for it (process-wide)."""
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     torch.set_num_threads(settings.torch_threads)
     faiss.omp_set_num_threads(settings.faiss_threads)
     faiss.cvar.distance_compute_blas_threshold = settings.faiss_blas_threshold

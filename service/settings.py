@@ -66,6 +66,8 @@ class Settings(BaseSettings):
                                       "per call (FAISS's own default, 128000, never does at serving sizes: ~5x slower per query)")
     tower_chunk: int = Field(64, ge=1, description="most requests per tower call on CPU (CUDA: whole batches); calls are "
                              "padded to a power of two, shapes the tower is checked to give bit-identical rows on at load")
+    gil_switch_interval_ms: float = Field(5.0, gt=0, description="longest the event loop or the batch worker holds the GIL "
+                                          "while the other waits for it (Python's default: 5)")
     merge_policy: Literal["score", "round_robin"] = Field("score", description="how capsule lists merge: best score first, or interests taking turns")
     overfetch: int = Field(8, ge=0, description="extra candidates per capsule beyond top_n + exclusions")
     warmup_batches: int = Field(3, ge=0, description="dummy batches run on a bundle before it serves (start and reload)")
