@@ -83,7 +83,8 @@ class Batcher:
         self._batch_s = 0.0
         # (run time, requests) of the last batches: the service time per request is their
         # ratio of sums, so one batch slowed by a neighbour's job does not swing admission.
-        self._recent: deque[tuple[float, int]] = deque(maxlen=RATE_WINDOW)
+        self._recent: deque[tuple[float, int]] = deque()
+        self._recent_s, self._recent_requests = 0.0, 0   # their sums, kept as batches come and go
 
     @property
     def depth(self) -> int:
@@ -98,8 +99,7 @@ class Batcher:
         left = 0.0
         if self._running_since is not None:
             left = max(0.0, self._batch_s - (asyncio.get_running_loop().time() - self._running_since))
-        busy_s, served = map(sum, zip(*self._recent)) if self._recent else (0.0, 1)
-        return left + (position + 1) * busy_s / served
+        return left + (position + 1) * self._recent_s / max(self._recent_requests, 1)
 
     def refusal(self) -> QueueFullError | None:
         """Why a request arriving now would be refused, or None. An idle worker with an empty
@@ -128,6 +128,15 @@ class Batcher:
                 return await asyncio.shield(job.future)
         except TimeoutError:
             raise DeadlineError(f"no answer within {timeout_s * 1000:.0f} ms") from None
+
+    def _remember(self, took_s: float, size: int) -> None:
+        self._recent.append((took_s, size))
+        self._recent_s += took_s
+        self._recent_requests += size
+        if len(self._recent) > RATE_WINDOW:
+            old_s, old_size = self._recent.popleft()
+            self._recent_s -= old_s
+            self._recent_requests -= old_size
 
     def _take_waiting(self, batch: list[_Job]) -> None:
         while len(batch) < self._max_batch_size and not self._queue.empty():
@@ -171,7 +180,7 @@ class Batcher:
                 self._running_since = None
                 took = loop.time() - started
                 self._batch_s = _smooth(self._batch_s, took)
-                self._recent.append((took, len(live)))
+                self._remember(took, len(live))
             for job, result in zip(live, results):
                 if isinstance(result, Exception):
                     _fail(job, result)
