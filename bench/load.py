@@ -2,9 +2,11 @@
 
     nice -n 10 .venv/bin/python -m bench.load [--items 100000] [--dim 64] [--interests 4]
         [--history 20] [--top-n 100] [--concurrency 1,4,16,32,64] [--seconds 5] [--max-requests 20000]
+        [--server mind,plain,mind+MIND_BATCH_WAIT_MS=2]
 
-Starts the server as a subprocess on a free loopback port (service defaults unless --env
-KEY=VALUE), then drives it from this process with a lean asyncio HTTP/1.1 keep-alive client
+Starts each server as a subprocess on a free loopback port (service defaults unless --env
+KEY=VALUE), then drives them, interleaved level by level so that all see the same machine
+load (printed per row), from this process with a lean asyncio HTTP/1.1 keep-alive client
 (one connection per concurrent user, pre-encoded bodies, 20 random real item ids each), so
 the client costs little of the shared CPUs. Before the server starts it measures the bare
 in-process pipeline (bench/pipeline.py) on the same bundle, and prints HTTP throughput as a
