@@ -6,6 +6,7 @@ ids, ``row = item index - 1``, see docs/architecture.md); ``row == -1`` is an em
 score ``-inf``. The steps, each a function:
 
     search(index, item_vectors, capsules, active, k)      -> per-interest (scores, rows)
+    search_enough(..., excluded, top_n)                   -> the same, k sized by the exclusions
     merge(scores, rows, excluded, n, policy, diversity)   -> (rows, scores, interest)
         = exclusion_mask + merge_by_score | merge_round_robin | merge_diverse (diversity > 0)
 
