@@ -41,11 +41,15 @@ ENV PIP_CERT=/opt/build-ca.pem
 # and no resolver ever pulls the multi-GB default CUDA build into a CPU image.
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+# The dependencies in a layer of their own (the project installed once without its sources or
+# README, then removed), so that a code change rebuilds only the last, --no-deps step.
+RUN touch README.md && pip install . && pip uninstall -y mind-recall
+COPY README.md ./
 COPY mind_recall ./mind_recall
 COPY model ./model
 COPY service ./service
-RUN pip install .
+RUN pip install --no-deps .
 
 FROM ${BASE_IMAGE} AS runtime
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home mind \
@@ -57,7 +61,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
-    MPLCONFIGDIR=/tmp/matplotlib \
     MIND_DATA_DIR=/data/datasets \
     RUN_DIR=/data/runs/default \
     BUNDLE_DIR=/data/bundles/default \

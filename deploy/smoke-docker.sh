@@ -60,6 +60,7 @@ cleanup() {
 BUILD_LOG=$(mktemp)
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+trap 'say "FAIL at line $LINENO: $BASH_COMMAND"' ERR
 
 "$PYTHON" -c 'import yaml' 2>/dev/null || fail "$PYTHON lacks PyYAML (apt-get install python3-yaml, or PYTHON=.venv/bin/python)"
 docker info >/dev/null 2>&1 || fail "no Docker engine answers (run ../shared/tools/local-docker.sh first)"
@@ -109,7 +110,7 @@ uid=$(docker exec "$PROJECT-recall" id -u)
 [[ $uid != 0 ]] || fail "recall runs as root"
 docker exec "$PROJECT-recall" sh -c 'touch /app/x' 2>/dev/null && fail "root filesystem is writable"
 docker exec "$PROJECT-recall" sh -c 'touch /data/x' 2>/dev/null && fail "data volume is writable"
-docker exec "$PROJECT-recall" sh -c 'touch /tmp/x && rm /tmp/x' || fail "/tmp is not writable"
+docker exec "$PROJECT-recall" sh -c 'cd /tmp && touch write-check && rm write-check' || fail "/tmp is not writable"
 say "recall runs as uid $uid; / and /data read-only, /tmp writable"
 
 # 4. The API through the published port.
