@@ -2,8 +2,8 @@
 bad or non-finite times, quotes, stray separators, blank and whitespace lines, CRLF, bytes
 that are not UTF-8), in every text format: each either loads to the same data or fails with
 the same `DataFormatError` message as the row-by-row Python path did before the columnar
-reader replaced it. The digest of all outcomes was computed with that path (commit "freeze
-the data path's output") and is asserted here."""
+reader replaced it. The digest of all outcomes was computed by running this file against
+that path (model/data as of the commit before "model/data on pyarrow") and is asserted here."""
 from __future__ import annotations
 
 import hashlib
