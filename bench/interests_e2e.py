@@ -13,7 +13,6 @@ served tower, the one-interest overlap of the served answers, and a verdict line
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys
