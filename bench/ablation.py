@@ -70,6 +70,8 @@ def run_variant(ds, overrides: dict, seed: int) -> dict:
     started = time.perf_counter()
     result = fit(model, ds, train, torch.device("cpu"), Progress(enabled=False))
     took = time.perf_counter() - started
+    print("  validation recall@50 by epoch: " + " ".join(f"{h['recall@50']:.4f}" for h in result.history),
+          file=sys.stderr, flush=True)
     cases = held_out_set(ds, ds.test_users, config.max_len)
     test = retrieval_metrics(model, cases, torch.device("cpu"))
     diversity = capsule_diversity(model, cases, torch.device("cpu"))

@@ -33,18 +33,28 @@ def sampling_distribution(item_counts: torch.Tensor, power: float = 0.75) -> tor
 
 def sampled_softmax_loss(user: torch.Tensor, table: torch.Tensor, target: torch.Tensor,
                          probabilities: torch.Tensor, n_negatives: int,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+                         generator: torch.Generator | None = None, temperature: float = 1.0,
+                         active: torch.Tensor | None = None) -> torch.Tensor:
     """Sampled softmax with negatives shared across the batch and logQ correction.
 
     user (B, d), table (N + 1, d), target (B,), probabilities (N + 1,) the sampler's q.
-    Every logit is corrected by -log(n_negatives * q_j) so the estimate is unbiased w.r.t. the
-    popularity-skewed sampler; a negative equal to the row's target is masked out.
+    Every logit (score / temperature) is corrected by -log(n_negatives * q_j) so the estimate is
+    unbiased w.r.t. the popularity-skewed sampler; a negative equal to the row's target is
+    masked out. With ``active`` (B, K) bool, ``user`` is (B, K, d) capsules and every item is
+    scored by its best active capsule (the "max" readout, as retrieval ranks).
     """
     negatives = torch.multinomial(probabilities, n_negatives, replacement=True, generator=generator)
     negatives = negatives.to(table.device)
     log_q = torch.log(probabilities.to(table.device) * n_negatives)   # (N + 1,)
-    positive = (user * table[target]).sum(1) - log_q[target]          # (B,)
-    negative = user @ table[negatives].t() - log_q[negatives]         # (B, S)
+    if active is None:
+        positive = (user * table[target]).sum(1)                      # (B,)
+        negative = user @ table[negatives].t()                        # (B, S)
+    else:
+        hidden = ~active.unsqueeze(2)                                 # (B, K, 1)
+        positive = torch.einsum("bkd,bd->bk", user, table[target]).masked_fill(hidden[:, :, 0], MASKED_LOGIT).max(1).values
+        negative = torch.einsum("bkd,sd->bks", user, table[negatives]).masked_fill(hidden, MASKED_LOGIT).max(1).values
+    positive = positive / temperature - log_q[target]
+    negative = negative / temperature - log_q[negatives]
     negative = negative.masked_fill(negatives.unsqueeze(0) == target.unsqueeze(1), MASKED_LOGIT)
     logits = torch.cat([positive.unsqueeze(1), negative], dim=1)      # (B, 1 + S)
     return F.cross_entropy(logits, torch.zeros_like(target))

@@ -178,15 +178,18 @@ class Objective(nn.Module):
 
     def forward(self, history: torch.Tensor, profile: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         config = self.model.config
-        if config.readout == "max":
+        active = None
+        if config.readout == "max":                                    # every capsule scores every item
             table = self.model.item_vectors()                          # (N + 1, d)
-            interests, active, _ = self.model.interests(history, profile, table)
-            return max_readout_loss(interests, active, table, target, config.temperature)
-        user, table = self.model(history, profile, target)             # (B, d), (N + 1, d)
-        if config.loss == "full":
-            return full_softmax_loss(user, table, target, config.temperature)
-        return sampled_softmax_loss(user / config.temperature, table, target, self.q,
-                                    config.n_negatives, self.generator)
+            user, active, _ = self.model.interests(history, profile, table)   # (B, K, d), (B, K)
+        else:
+            user, table = self.model(history, profile, target)         # (B, d), (N + 1, d)
+        if config.loss == "sampled":
+            return sampled_softmax_loss(user, table, target, self.q, config.n_negatives, self.generator,
+                                        config.temperature, active)
+        if active is not None:
+            return max_readout_loss(user, active, table, target, config.temperature)
+        return full_softmax_loss(user, table, target, config.temperature)
 
 
 # ------------------------------------------------------------------------------------- the loop
@@ -370,8 +373,8 @@ def interest_report(k: int, metrics: dict, k1_metrics: dict | None) -> list[str]
     when the capsules collapsed onto one vector."""
     cosine = metrics["test_diversity"]["capsule_cosine"]
     overlap = metrics["test_diversity"]["one_interest_overlap@50"]
-    lines = [f"mind train: capsules: mean pairwise cosine {cosine if cosine is None else round(cosine, 3)}, "
-             f"one-interest top-50 overlap {overlap if overlap is None else round(overlap, 3)} (test users)"]
+    shown = [f"{v:.3f}" if v is not None else "n/a" for v in (cosine, overlap)]
+    lines = [f"mind train: capsules: mean pairwise cosine {shown[0]}, one-interest top-50 overlap {shown[1]} (test users)"]
     if k1_metrics is None:
         lines.append("mind train: K=1 baseline not trained (--no-baselines): the gain of K interests is not measured")
     else:
@@ -379,8 +382,9 @@ def interest_report(k: int, metrics: dict, k1_metrics: dict | None) -> list[str]
         lines.append(f"mind train: K={k} vs K=1 test {EARLY_STOP_METRIC}: {mine:.4f} vs {one:.4f} "
                      f"({mine - one:+.4f}, {(mine - one) / max(one, 1e-12):+.1%})")
     if k > 1 and cosine is not None and cosine > COLLAPSED_COSINE:
-        lines.append(f"mind train: WARNING: the {k} capsules are collapsed (cosine {cosine:.3f} > {COLLAPSED_COSINE}): "
-                     "this model retrieves like a single vector; its interests are not distinct")
+        lines.append(f"mind train: WARNING: the {k} capsules are (nearly) collapsed: mean cosine {cosine:.3f} > "
+                     f"{COLLAPSED_COSINE}; the interests are not distinct, and the one-interest overlap "
+                     f"({shown[1]}) is how much of the list one interest alone already returns")
     return lines
 
 

@@ -195,5 +195,17 @@ def test_configs_written_before_the_interest_fields_load_with_the_old_behaviour(
         ("attention", "shared", False, 1.0, True)
     with pytest.raises(ValueError, match="readout"):
         dataclasses.replace(config, readout="soft")
-    with pytest.raises(ValueError, match="loss 'full'"):
-        dataclasses.replace(config, readout="max", loss="sampled")
+
+
+def test_sampled_max_readout_is_the_sampled_loss_of_the_best_capsule_scores():
+    torch.manual_seed(0)
+    interests, table = torch.randn(3, K, D), torch.randn(N_ITEMS + 1, D)
+    active = torch.tensor([[True, True, False, False], [True] * 4, [True, False, False, False]])
+    target, q = torch.tensor([4, 9, 1]), sampling_distribution(torch.arange(N_ITEMS + 1.0))
+    one = torch.tensor([[True, False, False, False]] * 3)
+    torch.testing.assert_close(
+        sampled_softmax_loss(interests, table, target, q, 50, torch.Generator().manual_seed(4), 0.5, one),
+        sampled_softmax_loss(interests[:, 0] / 0.5, table, target, q, 50, torch.Generator().manual_seed(4)))
+    best_of_two = sampled_softmax_loss(interests, table, target, q, 50, torch.Generator().manual_seed(4), 1.0, active)
+    first_only = sampled_softmax_loss(interests, table, target, q, 50, torch.Generator().manual_seed(4), 1.0, one)
+    assert best_of_two.item() != first_only.item()
