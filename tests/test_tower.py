@@ -52,7 +52,7 @@ def test_config_json_round_trip():
 
 
 def test_item_vectors_pool_side_features_and_keep_padding_zero():
-    model = make_model()
+    model = make_model(normalize=False)                                # the pooling itself
     table = model.item_vectors()
     assert table.shape == (N_ITEMS + 1, D) and table.dtype == torch.float32
     assert torch.all(table[0] == 0)
@@ -62,6 +62,8 @@ def test_item_vectors_pool_side_features_and_keep_padding_zero():
     torch.testing.assert_close(table[item], (model.items.ids.weight[item] + genre) / 2)
     bare = int(torch.nonzero((tokens == 0).all(1))[1])                 # no genre: id embedding alone
     torch.testing.assert_close(table[bare], model.items.ids.weight[bare])
+    normalised = make_model()                                          # the default: unit rows
+    torch.testing.assert_close(normalised.item_vectors(), F.normalize(normalised.items.table(), dim=1))
 
 
 @pytest.mark.parametrize("axis", ["interests", "behaviors"])
