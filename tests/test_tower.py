@@ -166,7 +166,7 @@ def test_normalised_model_indexes_exactly_the_unit_vectors_it_is_trained_against
     assert torch.all(table[0] == 0)
     torch.testing.assert_close(table[1:].norm(dim=1), torch.ones(N_ITEMS))
     h, p = histories([MAX_LEN, 5, 1]), profiles(3)
-    tower = torch.jit.script(model.user_tower())
+    tower = script_tower(model.user_tower())
     capsules, active, _ = tower(h, p)
     torch.testing.assert_close(capsules[active].norm(dim=1), torch.ones(int(active.sum())))
     assert torch.all(capsules[~active] == 0)
