@@ -127,7 +127,8 @@ class ServiceState:
         self.device = resolve_device(settings.device)
         # On CUDA the tower runs whole batches; on CPU at most MIND_TOWER_CHUNK rows a call.
         max_rows = max(settings.tower_chunk, settings.max_batch_size) if self.device == "cuda" else settings.tower_chunk
-        self.options = replace(RetrievalOptions.from_settings(settings), tower_shapes=bucket_shapes(max_rows))
+        self._tower_shapes = bucket_shapes(max_rows)       # probed again for every bundle loaded
+        self.options = replace(RetrievalOptions.from_settings(settings), tower_shapes=self._tower_shapes)
         self.root = bundle_root_of(settings)
         self.bundle: Bundle | None = None
         self.not_ready_reason = "no bundle loaded yet"
@@ -196,7 +197,7 @@ class ServiceState:
         # an in-place write to the served item_vectors.npy changed live scores (a truncation
         # would SIGBUS the process). Found by tests/test_faults.py.
         bundle = replace(bundle, item_vectors=np.array(bundle.item_vectors))
-        options = replace(self.options, tower_shapes=batch_invariant_shapes(bundle, self.options.tower_shapes))
+        options = replace(self.options, tower_shapes=batch_invariant_shapes(bundle, self._tower_shapes))
         warm_up(bundle, options, self.settings.warmup_batches)
         return bundle, options
 
@@ -213,7 +214,10 @@ class ServiceState:
                 if previous is None:
                     self.not_ready_reason = f"bundle not loaded: {err}"
                 raise BundleError(str(err)) from err
-            self.options = options     # tower shapes of this bundle; harmless to a running batch
+            # The tower shapes checked on this bundle. A batch starting during these two lines
+            # may pair them with the old bundle; both bundles' probes agree unless the tower
+            # architecture itself changed, so no answer depends on its batch-mates either way.
+            self.options = options
             self.bundle = bundle
             # The new bundle lives until the next reload: keep it out of the cyclic GC (see
             # app.lifespan). The old one is still freed by reference counting (no cycles).
