@@ -106,18 +106,15 @@ def compare(path: Path, rows: int, repeat: int) -> dict:
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    # Imported here, not at the top: the measured children import this module, and
+    # bench.pipeline brings torch and FAISS, which would inflate both sides' peak memory.
     import polars
     import pyarrow
-    return (f"nproc={os.cpu_count()} ({model}), {memory:.0f} GiB, {platform.system()} {platform.machine()}, "
-            f"python {platform.python_version()}, numpy {np.__version__}, pyarrow {pyarrow.__version__}, "
-            f"polars {polars.__version__}")
+
+    from bench.pipeline import cpu
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu()}, {memory:.0f} GiB, python {platform.python_version()}, numpy {np.__version__}, "
+            f"pyarrow {pyarrow.__version__}, polars {polars.__version__}")
 
 
 def main() -> None:

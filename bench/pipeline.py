@@ -29,15 +29,20 @@ from service.settings import Settings
 DEFAULT_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "mind-recall-bench"
 
 
-def machine() -> str:
-    """CPU count and model, for the printout."""
+def cpu() -> str:
+    """CPU count, model and OS, the part of the printout every benchmark shares."""
     model = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as info:
             model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     except (OSError, StopIteration):
         pass  # non-Linux: keep platform.processor()
-    return f"nproc={os.cpu_count()} ({model}), {platform.system()} {platform.machine()}, torch {torch.__version__}, faiss {faiss.__version__}"
+    return f"nproc={os.cpu_count()} ({model}), {platform.system()} {platform.machine()}"
+
+
+def machine() -> str:
+    """CPU count and model, for the printout."""
+    return f"{cpu()}, torch {torch.__version__}, faiss {faiss.__version__}"
 
 
 def add_workload_arguments(parser, top_n: int = 100) -> None:
