@@ -99,3 +99,13 @@ def start_server(bundle: Path, port: int, log_path: Path, env: dict | None = Non
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"server not ready in 60 s:\n{log_path.read_text()}")
+
+
+def slow_worker(seen: list, seconds: float):
+    """A batch function for a bare Batcher: records its payloads in ``seen``, then holds the
+    worker for ``seconds`` (a stand-in for a slow tower + search), and echoes them back."""
+    def work(payloads):
+        seen.extend(payloads)
+        time.sleep(seconds)
+        return payloads
+    return work

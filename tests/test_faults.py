@@ -13,7 +13,6 @@ import hmac
 import logging
 import os
 import shutil
-import time
 
 import httpx
 import pytest
@@ -23,7 +22,7 @@ from model.bundle import BundleError, load_bundle
 from service.app import create_app
 from service.batcher import Batcher, DeadlineError
 from service.settings import Settings
-from tests.service_support import build_bundle, item_id
+from tests.service_support import slow_worker, build_bundle, item_id
 
 TOKEN = "fault-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -200,10 +199,7 @@ def test_overload_a_job_that_would_expire_during_its_batch_is_not_computed():
     with 0.1 s left is refused at once and never run; the goodput effect is in bench/overload.py."""
     seen = []
 
-    def slow(payloads):
-        seen.extend(payloads)
-        time.sleep(0.2)
-        return payloads
+    slow = slow_worker(seen, 0.2)
 
     async def main():
         batcher = Batcher(slow, max_batch_size=1, wait_s=0, max_queue=10)

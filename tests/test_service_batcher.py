@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
 from service.batcher import Batcher, DeadlineError, QueueFullError
+from tests.service_support import slow_worker
 
 
 def run(coro):
@@ -57,10 +57,7 @@ def test_full_queue_is_refused_at_once():
 def test_deadline_passes_while_queued_and_the_work_is_skipped():
     seen = []
 
-    def slow(payloads):
-        seen.extend(payloads)
-        time.sleep(0.2)
-        return payloads
+    slow = slow_worker(seen, 0.2)
 
     async def main():
         batcher = Batcher(slow, max_batch_size=1, wait_s=0, max_queue=10)

@@ -3,7 +3,6 @@ before its body is read or validated, so overload costs the service as little CP
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from service.app import _shedder
@@ -12,6 +11,7 @@ from service.metrics import ServiceMetrics
 from service.observability import RequestContextMiddleware
 from service.settings import Settings
 from service.state import ServiceState
+from tests.service_support import slow_worker
 
 
 def call(middleware, path: str, body: bytes = b'{"history": ["1"]}'):
@@ -75,10 +75,7 @@ def test_predicted_wait_over_the_objective_is_refused_but_an_idle_worker_always_
     idle worker is answered even though its own 0.2 s exceeds the objective."""
     seen = []
 
-    def slow(payloads):
-        seen.extend(payloads)
-        time.sleep(0.2)
-        return payloads
+    slow = slow_worker(seen, 0.2)
 
     async def main():
         batcher = Batcher(slow, max_batch_size=8, wait_s=0, max_queue=100, objective_s=0.1)
