@@ -27,6 +27,7 @@ from torch import nn
 from model.config import LOSSES, READOUTS, ROUTING_AXES, ROUTING_MAPS, ModelConfig, TrainConfig
 from model.data import SequenceDataset, holdout, training_samples
 from model.data import FORMATS
+from model.device import DeviceError, resolve_device
 from model.eval_sources import HISTORY_FRACTION
 from model.loss import full_softmax_loss, max_readout_loss, sampled_softmax_loss, sampling_distribution
 from model.metrics import evaluate_rankings
@@ -112,9 +113,9 @@ def main(args: argparse.Namespace) -> int:
     if ds.n_items == 0 or len(ds.train_users) == 0 or len(ds.val_users) == 0:
         return fail(f"{args.data}: too little data after the {args.k_core}-core filter ({ds.stats()})")
     try:
-        device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
-    except RuntimeError as err:
-        return fail(str(err))
+        device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
+    except DeviceError as err:
+        return fail(f"--device {args.device}: {err}")
     return run_training(ds, data_config, config, train_config(args), out, device,
                         baselines=not args.no_baselines, quiet=args.quiet)
 
@@ -319,14 +320,6 @@ def capsule_diversity(model: MIND, cases: HeldOutSet, device: torch.device) -> d
 
 
 # ------------------------------------------------------------------------------ data-parallel
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda given but CUDA is not available (is a CUDA build of torch installed?)")
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """(rank, world size); joins the torchrun process group when WORLD_SIZE > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
