@@ -109,3 +109,23 @@ def slow_worker(seen: list, seconds: float):
         time.sleep(seconds)
         return payloads
     return work
+
+
+def write_untrained_run(run_dir, ds, data_cfg, n_interests: int, seed: int = 0, **config_overrides):
+    """A seeded, untrained MIND written with model.run's own writer, on the real dataset;
+    ``config_overrides`` are further ModelConfig fields. Returns the model (eval mode)."""
+    from model.config import ModelConfig, TrainConfig
+    from model.run import write_run_files
+    from model.tower import MIND
+
+    torch.manual_seed(seed)
+    config = ModelConfig(n_items=ds.n_items, embed_dim=8, n_interests=n_interests, max_len=10, hidden_dim=16,
+                         profile_dim=4,
+                         profile_vocab_sizes=tuple(len(ds.user_profile_vocabs[f]) for f in ds.profile_features),
+                         item_side_vocab_sizes={f: len(v) for f, v in ds.item_side_vocabs.items()},
+                         **config_overrides)
+    model = MIND(config, {f: torch.as_tensor(t) for f, t in ds.item_side.items()}).eval()
+    run_dir.mkdir(parents=True)
+    write_run_files(run_dir, model, TrainConfig(epochs=1), data_cfg, ds.vocab_json(), ds.split_json(),
+                    list(range(1, ds.n_items + 1)), {"test": {}}, model.state_dict())
+    return model

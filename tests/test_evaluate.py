@@ -11,6 +11,7 @@ import torch
 from model.protocol import HeldOut, MindRetriever, rank_all, score_all, tower_capsule_fn
 from model.report import write_report
 from model.tower_format import script_tower
+from tests.service_support import write_untrained_run
 
 N_ITEMS, DIM, K = 60, 6, 3
 
@@ -187,24 +188,6 @@ def test_bundle_evaluation_matches_the_direct_protocol(tmp_path, capsys):
 
 
 # --- end to end with the real MIND network and run directory (model.tower / model.run) -----
-
-def write_untrained_run(run_dir, ds, data_cfg, n_interests: int, seed: int = 0):
-    """A seeded, untrained MIND written with model.run's own writer, on the real dataset."""
-    from model.config import ModelConfig, TrainConfig
-    from model.run import write_run_files
-    from model.tower import MIND
-
-    torch.manual_seed(seed)
-    config = ModelConfig(n_items=ds.n_items, embed_dim=8, n_interests=n_interests, max_len=10, hidden_dim=16,
-                         profile_dim=4,
-                         profile_vocab_sizes=tuple(len(ds.user_profile_vocabs[f]) for f in ds.profile_features),
-                         item_side_vocab_sizes={f: len(v) for f, v in ds.item_side_vocabs.items()})
-    model = MIND(config, {f: torch.as_tensor(t) for f, t in ds.item_side.items()}).eval()
-    run_dir.mkdir(parents=True)
-    write_run_files(run_dir, model, TrainConfig(epochs=1), data_cfg, ds.vocab_json(), ds.split_json(),
-                    list(range(1, ds.n_items + 1)), {"test": {}}, model.state_dict())
-    return model
-
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):

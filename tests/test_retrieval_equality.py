@@ -14,9 +14,9 @@ import json
 import httpx
 import numpy as np
 import pytest
-import torch
 
 from model.protocol import CURVE_MAX_N, rank_all, score_all
+from tests.service_support import write_untrained_run
 
 SETTINGS = {"history_included": False, "history_excluded": True}   # protocol setting -> exclude_history
 
@@ -24,26 +24,15 @@ SETTINGS = {"history_included": False, "history_excluded": True}   # protocol se
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(bundle dir, dataset) of an exported untrained MIND run on a small planted dataset."""
-    from model.config import ModelConfig, TrainConfig
     from model.data import data_config, rebuild_dataset
     from model.data import SyntheticSpec, generate, write_recbole
     from model.export import export_run
-    from model.run import write_run_files
-    from model.tower import MIND
 
     tmp = tmp_path_factory.mktemp("equality")
     spec = SyntheticSpec(n_users=240, n_items=150, n_clusters=6, min_events=8, max_events=25)
     cfg = data_config(write_recbole(generate(spec), tmp / "data", "tiny"), k_core=3, seed=11)
     ds = rebuild_dataset(cfg)
-    torch.manual_seed(0)
-    config = ModelConfig(n_items=ds.n_items, embed_dim=8, n_interests=3, max_len=10, hidden_dim=16, profile_dim=4,
-                         profile_vocab_sizes=tuple(len(ds.user_profile_vocabs[f]) for f in ds.profile_features),
-                         item_side_vocab_sizes={f: len(v) for f, v in ds.item_side_vocabs.items()},
-                         routing_init_std=1.0)
-    model = MIND(config, {f: torch.as_tensor(t) for f, t in ds.item_side.items()}).eval()
-    (tmp / "run").mkdir()
-    write_run_files(tmp / "run", model, TrainConfig(epochs=1), cfg, ds.vocab_json(), ds.split_json(),
-                    list(range(1, ds.n_items + 1)), {"test": {}}, model.state_dict())
+    write_untrained_run(tmp / "run", ds, cfg, n_interests=3, routing_init_std=1.0)
     return export_run(tmp / "run", tmp / "bundle"), ds
 
 
