@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from model.retrieval import exclusion_mask
+
 # Users scored per sparse product in item-CF: bounds the dense (items, users) score block.
 CF_USERS_PER_BLOCK = 512
 
@@ -23,35 +25,19 @@ def item_counts(sequences: Iterable[np.ndarray], n_items: int) -> np.ndarray:
     return counts[1:]
 
 
-def rows_by_count(counts: np.ndarray) -> np.ndarray:
-    """(n_items,) rows ordered by count, descending; ties by row, ascending."""
-    return np.argsort(-np.asarray(counts), kind="stable").astype(np.int64)
-
-
-def _drop_excluded(candidates: np.ndarray, n: int, exclude: list[np.ndarray] | None) -> np.ndarray:
-    """Keep each user's first ``n`` candidates (U, m) not in ``exclude[u]``; ``-1`` pads."""
-    candidates = np.asarray(candidates, dtype=np.int64)
-    if exclude is not None:
-        span = int(max(candidates.max(initial=0), max((int(np.max(e, initial=0)) for e in exclude), default=0))) + 1
-        keys = np.concatenate([u * span + np.asarray(e, dtype=np.int64) for u, e in enumerate(exclude)]
-                              or [np.empty(0, np.int64)])
-        user_of = np.arange(len(candidates), dtype=np.int64)[:, None]
-        dropped = np.isin(user_of * span + candidates, keys) | (candidates < 0)
-        order = np.argsort(dropped, axis=1, kind="stable")             # kept first, order preserved
-        candidates = np.where(np.take_along_axis(dropped, order, axis=1), -1,
-                              np.take_along_axis(candidates, order, axis=1))
-    out = candidates[:, :n]
-    if out.shape[1] < n:
-        out = np.pad(out, ((0, 0), (0, n - out.shape[1])), constant_values=-1)
-    return out
-
-
 def popularity_topn(counts: np.ndarray, n_users: int, n: int,
                     exclude: list[np.ndarray] | None = None) -> np.ndarray:
-    """(n_users, n) rows: the same most-popular list for everyone, minus excluded rows."""
+    """(n_users, n) rows: the same most-popular list for everyone (count descending, ties by
+    row), minus each user's excluded rows; ``-1`` pads."""
     extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
-    head = rows_by_count(counts)[: n + extra]
-    return _drop_excluded(np.broadcast_to(head, (n_users, len(head))), n, exclude)
+    head = np.argsort(-np.asarray(counts), kind="stable").astype(np.int64)[: n + extra]
+    candidates = np.broadcast_to(head, (n_users, len(head)))                  # (U, m)
+    if exclude is not None:
+        dropped = exclusion_mask(candidates, exclude)                         # (U, m)
+        order = np.argsort(dropped, axis=1, kind="stable")                    # kept first, order preserved
+        candidates = np.where(np.take_along_axis(dropped, order, axis=1), -1,
+                              np.take_along_axis(candidates, order, axis=1))
+    return np.pad(candidates[:, :n], ((0, 0), (0, max(0, n - candidates.shape[1]))), constant_values=-1)
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from model.data import DataFormatError, RunDataMismatch, holdout, rebuild_dataset
+from model.data import HISTORY_FRACTION  # noqa: F401  (model/train.py imports it from here)
 from model.jsonfile import read_json
 from model.protocol import HeldOut, MindRetriever, tower_capsule_fn
 
 SPLIT_USERS = {"test": "test_users", "validation": "val_users"}
-HISTORY_FRACTION = 0.8
 
 
 class EvaluationError(Exception):
@@ -44,9 +45,6 @@ def dataset_from_config(data_cfg: dict, data_override: Path | None, where: str,
     With a run's ``vocab.json`` / ``split.json`` the rebuild must be identical (same items,
     users and split), else the numbers would be for other users: an EvaluationError.
     """
-    from model.data import DataFormatError
-    from model.data import RunDataMismatch, rebuild_dataset
-
     if data_override is None and not data_cfg.get("source"):
         raise EvaluationError(f"{where}: its data config has no 'source'; pass --data PATH")
     try:
@@ -60,23 +58,14 @@ def dataset_from_config(data_cfg: dict, data_override: Path | None, where: str,
 
 def held_out_users(ds, split: str, max_len: int) -> HeldOut:
     """The protocol's held-out users of ``split`` (histories, targets) plus train sequences."""
-    from model.data import holdout
-
-    histories, targets, users = holdout(ds, getattr(ds, SPLIT_USERS[split]), max_len, HISTORY_FRACTION)
-    users = np.asarray(users, dtype=np.int64)
+    histories, targets, users = holdout(ds, getattr(ds, SPLIT_USERS[split]), max_len)
     profile_values = {}
-    for feature, column in ds.user_profile.items():                     # column (n_users+1,)
-        tokens = np.array(ds.user_profile_vocabs[feature].tokens, dtype=object)
-        values = tokens[np.asarray(column, dtype=np.int64)[users]]
-        values[np.asarray(column)[users] == 0] = ""                       # index 0 = unknown
+    for feature, column in ds.user_profile.items():                     # column (n_users+1,) int64
+        values = np.array(ds.user_profile_vocabs[feature].tokens, dtype=object)[column[users]]
+        values[column[users] == 0] = ""                                   # index 0 = unknown
         profile_values[feature] = values
-    return HeldOut(
-        histories=np.asarray(histories, dtype=np.int64),
-        profile_values=profile_values,
-        target_rows=[np.asarray(t, dtype=np.int64) - 1 for t in targets],
-        train_sequences=[ds.sequences[int(u)] for u in ds.train_users],
-        n_items=len(ds.items.tokens) - 1,
-    )
+    return HeldOut(histories, profile_values, target_rows=[t - 1 for t in targets],
+                   train_sequences=[ds.sequences[int(u)] for u in ds.train_users], n_items=ds.n_items)
 
 
 def row_maps(dataset_ids: Sequence[str], source_ids: Sequence[str]
@@ -106,14 +95,13 @@ def run_retriever(run_dir: Path, dataset_item_ids: Sequence[str], device: str) -
     import torch
     from model.run import RunError, load_run
 
-    config = read_json_file(run_dir / "config.json")
-    vocab = read_json_file(run_dir / "vocab.json")
     if not (run_dir / "checkpoint.pt").is_file():
         raise EvaluationError(f"{run_dir / 'checkpoint.pt'}: file not found (is {run_dir} a finished run?)")
     try:
-        model, _ = load_run(run_dir)
+        model, info = load_run(run_dir)
     except (RunError, OSError, ValueError, KeyError, RuntimeError) as err:
         raise EvaluationError(f"{run_dir}: cannot rebuild the model: {err}") from err
+    config, vocab = info.config, info.vocab
     model = model.to(device).eval()
     with torch.no_grad():
         vectors = model.item_vectors().detach().float().cpu().numpy()[1:]     # (n_items, d)

@@ -73,10 +73,7 @@ def main(args: argparse.Namespace) -> int:
         result, curves = evaluate_source(source)
         command = "mind " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["evaluate"] else "mind evaluate"
         written = write_report(result, curves, Path(out_dir), command)
-    except EvaluationError as err:
-        print(f"mind evaluate: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
+    except (EvaluationError, OSError) as err:
         print(f"mind evaluate: error: {err}", file=sys.stderr)
         return 2
     result["report"] = [str(p) for p in written]

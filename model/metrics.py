@@ -5,18 +5,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from model.retrieval import exclusion_mask
+
 
 def hit_matrix(ranked_rows: np.ndarray, target_rows: Sequence[np.ndarray]) -> np.ndarray:
     """(U, n) bool: ``ranked_rows[u, r]`` is one of user u's targets (``-1`` never hits)."""
     ranked_rows = np.asarray(ranked_rows, dtype=np.int64)
-    n_users = ranked_rows.shape[0]
-    if len(target_rows) != n_users:
-        raise ValueError(f"{n_users} ranked lists but {len(target_rows)} target lists")
-    targets = [np.unique(np.asarray(t, dtype=np.int64)) for t in target_rows]
-    span = int(max(ranked_rows.max(initial=0), max((t.max(initial=0) for t in targets), default=0))) + 1
-    target_keys = np.concatenate([u * span + t for u, t in enumerate(targets)] or [np.empty(0, np.int64)])
-    ranked_keys = np.arange(n_users, dtype=np.int64)[:, None] * span + ranked_rows
-    return np.isin(ranked_keys, target_keys) & (ranked_rows >= 0)
+    if len(target_rows) != ranked_rows.shape[0]:
+        raise ValueError(f"{ranked_rows.shape[0]} ranked lists but {len(target_rows)} target lists")
+    targets = [np.asarray(t, dtype=np.int64) for t in target_rows]
+    return exclusion_mask(ranked_rows, targets) & (ranked_rows >= 0)     # the same per-user membership test
 
 
 def evaluate_rankings(ranked_rows: np.ndarray, target_rows: Sequence[np.ndarray],

@@ -28,7 +28,6 @@ CURVE_MAX_N = 100           # Recall@N plotted for N = 1..CURVE_MAX_N
 USERS_PER_TOWER_CALL = 1024
 SETTINGS = {"history_included": False, "history_excluded": True}  # name -> exclude history?
 OVERLAP_N = 50              # the one-interest overlap compares top-OVERLAP_N lists
-DIVERSITY_KEYS = ("capsule_cosine", f"one_interest_overlap@{OVERLAP_N}")
 
 
 @dataclass(frozen=True)
@@ -135,25 +134,28 @@ def _rows_to_space(rows: np.ndarray, mapping: np.ndarray | None) -> np.ndarray:
     return np.where(rows >= 0, mapping[np.maximum(rows, 0)], -1)
 
 
-def mind_topn(retriever: MindRetriever, held: HeldOut, n: int, exclude_history: bool) -> np.ndarray:
-    """(U, n) dataset rows retrieved by a MIND capsule source (full catalogue, merged lists)."""
-    histories = _indices_to_space(held.histories, retriever.index_of_dataset_row)     # (U, L)
-    profiles = retriever.encode_profiles(held.profile_values, len(histories))         # (U, P)
-    capsules, active = retriever.capsule_fn(histories, profiles)                       # (U, K, d), (U, K)
-    exclude = None
-    if exclude_history:
-        mapped = (_rows_to_space(r, retriever.index_of_dataset_row) for r in held.history_rows())
-        exclude = [r[r >= 0] for r in mapped]
-    ranked = multi_interest_topn(capsules, active, retriever.item_vectors, n, exclude,
-                                 index=retriever.index)                              # (U, n) source rows
-    return _rows_to_space(ranked, retriever.dataset_of_index_row)
-
-
 def source_capsules(retriever: MindRetriever, held: HeldOut) -> tuple[np.ndarray, np.ndarray]:
     """(U, K, d) capsules and (U, K) active mask of the held-out users from ``retriever``."""
     histories = _indices_to_space(held.histories, retriever.index_of_dataset_row)     # (U, L)
     profiles = retriever.encode_profiles(held.profile_values, len(histories))         # (U, P)
     return retriever.capsule_fn(histories, profiles)
+
+
+def _excluded_rows(retriever: MindRetriever, held: HeldOut, exclude_history: bool) -> list[np.ndarray] | None:
+    """Per user the history rows in the source's numbering (absent ones dropped), or None."""
+    if not exclude_history:
+        return None
+    mapped = (_rows_to_space(r, retriever.index_of_dataset_row) for r in held.history_rows())
+    return [r[r >= 0] for r in mapped]
+
+
+def mind_topn(retriever: MindRetriever, held: HeldOut, n: int, exclude_history: bool) -> np.ndarray:
+    """(U, n) dataset rows retrieved by a MIND capsule source (full catalogue, merged lists)."""
+    capsules, active = source_capsules(retriever, held)                                # (U, K, d), (U, K)
+    ranked = multi_interest_topn(capsules, active, retriever.item_vectors, n,
+                                 _excluded_rows(retriever, held, exclude_history),
+                                 index=retriever.index)                              # (U, n) source rows
+    return _rows_to_space(ranked, retriever.dataset_of_index_row)
 
 
 def diversity_all(held: HeldOut, retrievers: dict[str, MindRetriever]) -> dict[str, dict[str, dict]]:
@@ -162,11 +164,8 @@ def diversity_all(held: HeldOut, retrievers: dict[str, MindRetriever]) -> dict[s
     for name, retriever in retrievers.items():
         capsules, active = source_capsules(retriever, held)
         for setting, exclude_history in SETTINGS.items():
-            exclude = None
-            if exclude_history:
-                mapped = (_rows_to_space(r, retriever.index_of_dataset_row) for r in held.history_rows())
-                exclude = [r[r >= 0] for r in mapped]
-            result[setting][name] = interest_diversity(capsules, active, retriever.item_vectors, exclude,
+            result[setting][name] = interest_diversity(capsules, active, retriever.item_vectors,
+                                                       _excluded_rows(retriever, held, exclude_history),
                                                        index=retriever.index)
     return result
 

@@ -139,15 +139,18 @@ def exclusion_mask(rows: np.ndarray, excluded: list[np.ndarray]) -> np.ndarray:
     return np.isin(keys, excluded_keys)
 
 
+def _gather(order: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each (B, C) array re-ordered along axis 1 by ``order`` (B, C') -> (B, C') each."""
+    return tuple(np.take_along_axis(a, order, axis=1) for a in arrays)
+
+
 def _best_copy(scores: np.ndarray, rows: np.ndarray, interest: np.ndarray, drop: np.ndarray):
     """Score -inf for dropped/empty slots and for every copy of a row but its best one.
 
     All arrays (B, C); returns the three re-ordered by row (copies adjacent)."""
     scores = np.where(drop | (rows < 0), -np.inf, scores)
     order = np.lexsort((interest, -scores, rows), axis=-1)            # row, best score, low interest
-    rows = np.take_along_axis(rows, order, axis=1)
-    scores = np.take_along_axis(scores, order, axis=1)
-    interest = np.take_along_axis(interest, order, axis=1)
+    scores, rows, interest = _gather(order, scores, rows, interest)
     duplicate = np.zeros(rows.shape, dtype=bool)
     duplicate[:, 1:] = rows[:, 1:] == rows[:, :-1]
     scores[duplicate] = -np.inf
@@ -158,9 +161,7 @@ def _take_top(order: np.ndarray, scores, rows, interest, n: int):
     """Gather the first ``n`` slots of ``order`` (B, C); empty slots become row -1;
     padded with empty slots to (B, n) when C < n."""
     order = order[:, :n]
-    top_scores = np.take_along_axis(scores, order, axis=1)
-    top_rows = np.take_along_axis(rows, order, axis=1)
-    top_interest = np.take_along_axis(interest, order, axis=1)
+    top_scores, top_rows, top_interest = _gather(order, scores, rows, interest)
     empty = ~np.isfinite(top_scores)
     top_rows[empty] = EMPTY_ROW
     top_interest[empty] = EMPTY_ROW
@@ -187,9 +188,7 @@ def _rank_within_interest(scores: np.ndarray, rows: np.ndarray, interest: np.nda
     """Sort (B, C) slots by (interest, -score, row); also return each slot's rank inside its
     interest's list (empty slots rank C, after every real one)."""
     order = np.lexsort((rows, -scores, interest), axis=-1)            # grouped by interest
-    scores = np.take_along_axis(scores, order, axis=1)
-    rows = np.take_along_axis(rows, order, axis=1)
-    interest = np.take_along_axis(interest, order, axis=1)
+    scores, rows, interest = _gather(order, scores, rows, interest)
     position = np.broadcast_to(np.arange(rows.shape[1]), rows.shape)
     group_start = np.ones(rows.shape, dtype=bool)
     group_start[:, 1:] = interest[:, 1:] != interest[:, :-1]
@@ -223,7 +222,7 @@ def _diverse_pool(scores, rows, interest, drop, depth: int):
     arrays sorted by (-score, row), P <= K * depth, -inf padded."""
     scores, rows, interest = _per_interest_pool(scores, rows, interest, drop, depth)
     order = np.lexsort((rows, -scores), axis=-1)[:, : depth * (int(interest.max(initial=0)) + 1)]
-    return tuple(np.take_along_axis(a, order, axis=1) for a in (scores, rows, interest))
+    return _gather(order, scores, rows, interest)
 
 
 def _greedy_picks(rescaled: np.ndarray, interest: np.ndarray, category: np.ndarray | None,
