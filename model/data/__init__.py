@@ -3,15 +3,23 @@
 - `logs`: the columnar `Interactions`, errors, separator / column / side-feature rules and
   the pyarrow reader with its line-numbering pass;
 - `readers`: `load_interactions` and the MovieLens, RecBole, CSV/TSV and Parquet formats;
-- `dataset`: vocabularies, k-core, sequences, split, samples, hold-out and run files;
-- `sources`: dataset names, GroupLens downloads and the synthetic dataset.
+- `dataset`: vocabularies, k-core, sequences, split, samples and hold-out;
+- `sources`: dataset names, GroupLens downloads and the synthetic dataset;
+- here, the entry points that join them: `load_dataset` (``--data`` to a dataset, per
+  data-parallel rank) and the data part of a run directory (``config.json["data"]``,
+  ``vocab.json``, ``split.json``: `data_config`, `rebuild_dataset`).
 
 The public API (docs/architecture.md, "Data") is importable from here.
 """
-from model.data.dataset import (HISTORY_FRACTION, RunDataMismatch, SequenceDataset, Vocab, build_dataset,
-                                data_config, holdout, load_dataset, rebuild_dataset, split_users, training_samples)
+from __future__ import annotations
+
+from dataclasses import replace
+
+from model.data.dataset import (HISTORY_FRACTION, SequenceDataset, Vocab, assemble, build_dataset, holdout,
+                                index_log, split_users, training_samples)
 from model.data.logs import DataFormatError, Interactions, make_interactions
-from model.data.readers import FORMATS, detect_format, load_interactions
+from model.data.readers import (FORMATS, detect_format, interaction_file, load_interactions, read_parquet_ids,
+                                read_parquet_times)
 from model.data.sources import (DownloadError, SyntheticSpec, fetch_movielens, generate, generate_with_truth,
                                 resolve_data_source, write_recbole)
 
@@ -20,3 +28,67 @@ __all__ = ["DataFormatError", "DownloadError", "FORMATS", "HISTORY_FRACTION", "I
            "fetch_movielens", "generate", "generate_with_truth", "holdout", "load_dataset", "load_interactions",
            "make_interactions", "rebuild_dataset", "resolve_data_source", "split_users", "training_samples",
            "write_recbole"]
+
+LOADER_KEYS = ("fmt", "user_col", "item_col", "time_col", "sep", "user_features", "item_features")
+BUILD_KEYS = ("k_core", "seed", "split")
+
+
+def load_dataset(source, *, k_core: int = 5, seed: int = 2020, split=(0.8, 0.1, 0.1), rank: int = 0,
+                 world: int = 1, **loader) -> SequenceDataset:
+    """The dataset of `source` (a path or dataset name; `loader`: `load_interactions` options)
+    as data-parallel rank `rank` of `world` sees it.
+
+    Vocabularies, split and ``train_item_counts`` are those of the whole log on every rank
+    (identical to ``world=1``). A rank keeps the sequences of its train users
+    (``train_users[rank::world]``, so `training_samples` gives this rank's samples only) and
+    of every validation and test user. A Parquet log without requested side features is read
+    in part: every rank reads the user and item columns of every row group (the k-core filter
+    and the split depend on the whole log), then the time column only of the row groups that
+    hold its rows. Other formats are read whole, then trimmed.
+    """
+    path = resolve_data_source(source)
+    features = loader.get("user_features") or loader.get("item_features")
+    if world > 1 and not features and (loader.get("fmt") or detect_format(interaction_file(path))) == "parquet":
+        columns = {k: loader.get(k) for k in ("user_col", "item_col", "time_col")}
+        ids, time_name = read_parquet_ids(interaction_file(path), **columns)
+        index = index_log(ids, k_core, seed, split)
+        times = read_parquet_times(interaction_file(path), time_name, index.rows_of(ids, rank, world))
+        return assemble(replace(ids, timestamps=times), index, rank, world)
+    return build_dataset(load_interactions(path, **loader), k_core=k_core, seed=seed, split=tuple(split),
+                         rank=rank, world=world)
+
+
+# ---- the data part of a run directory: config.json["data"], vocab.json, split.json ----
+
+class RunDataMismatch(ValueError):
+    """The rebuilt dataset differs from the one a run saved (the log changed on disk)."""
+
+
+def data_config(source, *, k_core: int = 5, seed: int = 2020, split=(0.8, 0.1, 0.1), **loader) -> dict:
+    """The JSON-able ``config.json["data"]`` that `rebuild_dataset` reads back.
+    `loader` holds `load_interactions` keyword arguments (``fmt``, ``user_col``, ...)."""
+    unknown = set(loader) - set(LOADER_KEYS)
+    if unknown:
+        raise TypeError(f"unknown loader options {sorted(unknown)}; known: {LOADER_KEYS}")
+    return {"source": str(source), **{k: v for k, v in loader.items() if v is not None},
+            "k_core": int(k_core), "seed": int(seed), "split": [float(f) for f in split]}
+
+
+def rebuild_dataset(config: dict, *, vocab: dict | None = None, split: dict | None = None,
+                    source=None) -> SequenceDataset:
+    """The dataset `config` describes (`source` overrides its path). With the saved
+    `vocab` / `split` JSON, checks that the rebuild is identical; raises RunDataMismatch
+    naming the first part of vocab.json / split.json that differs."""
+    ds = load_dataset(source if source is not None else config["source"],
+                      **{k: config[k] for k in BUILD_KEYS if k in config},
+                      **{k: config[k] for k in LOADER_KEYS if config.get(k) is not None})
+    parts = []
+    if vocab is not None:
+        parts += [(f"vocab.json[{k!r}]", ds.vocab_json()[k], vocab.get(k)) for k in ("items", "users", "item_side", "user_profile")]
+    if split is not None:
+        parts += [(f"split.json[{k!r}]", ds.split_json()[k], split.get(k)) for k in ("train", "validation", "test")]
+    for name, rebuilt, saved in parts:
+        if rebuilt != saved:
+            raise RunDataMismatch(f"{name} differs from the rebuilt dataset: the interaction log or "
+                                  f"loader options changed since the run was trained")
+    return ds

@@ -1,6 +1,6 @@
 """From an interaction log to the model's view (spec section 3): id vocabularies, the
 iterative k-core filter, chronological sequences, side-feature matrices, the seeded user
-split, training samples and held-out cases, and the data part of a run directory.
+split, training samples and held-out cases.
 
 Conventions (docs/architecture.md): item and user indices are contiguous, ``0`` = padding /
 unknown. User and item vocabularies are in natural id order (all-digit ids numerically, then
@@ -10,24 +10,19 @@ int64, left-padded with 0, most recent item last.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from model.data.logs import Interactions
-from model.data.readers import (detect_format, interaction_file, load_interactions, read_parquet_ids,
-                                read_parquet_times)
-from model.data.sources import resolve_data_source
 
 PAD = "<pad>"
 # The protocol's held-out split: history = the first 80% of a sequence, targets = the rest.
 HISTORY_FRACTION = 0.8
 # Guards floor(n * fraction) against float error (0.29 * 100 = 28.999...).
 FLOOR_TOLERANCE = 1e-9
-LOADER_KEYS = ("fmt", "user_col", "item_col", "time_col", "sep", "user_features", "item_features")
-BUILD_KEYS = ("k_core", "seed", "split")
 INT64_DIGITS = 18  # every 18-digit decimal fits in int64
 
 
@@ -48,10 +43,6 @@ class Vocab:
         """A vocabulary of the distinct `tokens` in first-seen order (after the pad)."""
         return cls((PAD, *dict.fromkeys(str(t) for t in tokens)))
 
-    def index(self, token) -> int:
-        """Index of `token`, 0 when unknown."""
-        return self._index.get(token, 0)
-
     def indices(self, tokens) -> np.ndarray:
         """(n,) int64 indices of `tokens`, 0 where unknown."""
         get = self._index.get
@@ -62,10 +53,6 @@ class Vocab:
 
     def to_json(self) -> list[str]:
         return list(self.tokens)
-
-    @classmethod
-    def from_json(cls, tokens: list[str]) -> "Vocab":
-        return cls(tuple(tokens))
 
 
 @dataclass
@@ -349,71 +336,3 @@ def holdout(ds: SequenceDataset, users, max_len: int,
         targets.append(np.asarray(seq[h:], dtype=np.int64))
     stacked = np.stack(histories) if histories else np.zeros((0, max_len), np.int64)
     return stacked, targets, np.array(kept, dtype=np.int64)
-
-
-# ---- the data part of a run directory: config.json["data"], vocab.json, split.json ----
-
-class RunDataMismatch(ValueError):
-    """The rebuilt dataset differs from the one a run saved (the log changed on disk)."""
-
-
-def data_config(source, *, k_core: int = 5, seed: int = 2020, split=(0.8, 0.1, 0.1), **loader) -> dict:
-    """The JSON-able ``config.json["data"]`` that `rebuild_dataset` reads back.
-    `loader` holds `load_interactions` keyword arguments (``fmt``, ``user_col``, ...)."""
-    unknown = set(loader) - set(LOADER_KEYS)
-    if unknown:
-        raise TypeError(f"unknown loader options {sorted(unknown)}; known: {LOADER_KEYS}")
-    return {"source": str(source), **{k: v for k, v in loader.items() if v is not None},
-            "k_core": int(k_core), "seed": int(seed), "split": [float(f) for f in split]}
-
-
-def rebuild_dataset(config: dict, *, vocab: dict | None = None, split: dict | None = None,
-                    source=None) -> SequenceDataset:
-    """The dataset `config` describes (`source` overrides its path). With the saved
-    `vocab` / `split` JSON, checks that the rebuild is identical; raises RunDataMismatch."""
-    path = resolve_data_source(source if source is not None else config["source"])
-    interactions = load_interactions(path, **{k: config[k] for k in LOADER_KEYS if config.get(k) is not None})
-    build = {k: config[k] for k in BUILD_KEYS if k in config}
-    if "split" in build:
-        build["split"] = tuple(build["split"])
-    ds = build_dataset(interactions, **build)
-    check_saved(ds, vocab, split)
-    return ds
-
-
-def check_saved(ds: SequenceDataset, vocab: dict | None, split: dict | None) -> None:
-    """Raise RunDataMismatch naming the first part of vocab.json / split.json that differs."""
-    parts = []
-    if vocab is not None:
-        parts += [(f"vocab.json[{k!r}]", ds.vocab_json()[k], vocab.get(k)) for k in ("items", "users", "item_side", "user_profile")]
-    if split is not None:
-        parts += [(f"split.json[{k!r}]", ds.split_json()[k], split.get(k)) for k in ("train", "validation", "test")]
-    for name, rebuilt, saved in parts:
-        if rebuilt != saved:
-            raise RunDataMismatch(f"{name} differs from the rebuilt dataset: the interaction log or "
-                                  f"loader options changed since the run was trained")
-
-
-def load_dataset(source, *, k_core: int = 5, seed: int = 2020, split=(0.8, 0.1, 0.1), rank: int = 0,
-                 world: int = 1, **loader) -> SequenceDataset:
-    """The dataset of `source` (a path or dataset name; `loader`: `load_interactions` options)
-    as data-parallel rank `rank` of `world` sees it.
-
-    Vocabularies, split and ``train_item_counts`` are those of the whole log on every rank
-    (identical to ``world=1``). A rank keeps the sequences of its train users
-    (``train_users[rank::world]``, so `training_samples` gives this rank's samples only) and
-    of every validation and test user. A Parquet log without requested side features is read
-    in part: every rank reads the user and item columns of every row group (the k-core filter
-    and the split depend on the whole log), then the time column only of the row groups that
-    hold its rows. Other formats are read whole, then trimmed.
-    """
-    path = resolve_data_source(source)
-    features = loader.get("user_features") or loader.get("item_features")
-    if world > 1 and not features and (loader.get("fmt") or detect_format(interaction_file(path))) == "parquet":
-        columns = {k: loader.get(k) for k in ("user_col", "item_col", "time_col")}
-        ids, time_name = read_parquet_ids(interaction_file(path), **columns)
-        index = index_log(ids, k_core, seed, split)
-        times = read_parquet_times(interaction_file(path), time_name, index.rows_of(ids, rank, world))
-        return assemble(replace(ids, timestamps=times), index, rank, world)
-    return build_dataset(load_interactions(path, **loader), k_core=k_core, seed=seed, split=tuple(split),
-                         rank=rank, world=world)

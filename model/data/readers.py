@@ -194,9 +194,10 @@ def read_parquet_times(path: Path, name: str | None, rows: np.ndarray) -> np.nda
     if name is None:
         return np.arange(len(rows), dtype=np.float64)
     reader = _parquet(path)
-    ends = np.cumsum([reader.metadata.row_group(g).num_rows for g in range(reader.num_row_groups)])
+    sizes = [reader.metadata.row_group(g).num_rows for g in range(reader.num_row_groups)]
+    ends = np.cumsum(sizes)
     groups = np.unique(np.searchsorted(ends, np.flatnonzero(rows), side="right")).tolist()
-    starts = ends - [reader.metadata.row_group(g).num_rows for g in range(reader.num_row_groups)]
+    starts = ends - sizes
     taken = np.concatenate([np.arange(starts[g], ends[g]) for g in groups]) if groups else np.zeros(0, np.int64)
     part = reader.read_row_groups(groups, columns=[name]).column(0) if groups else pa.chunked_array([], pa.float64())
     try:
@@ -272,10 +273,9 @@ def _same_table_features(log: Interactions, columns: dict[str, pa.ChunkedArray],
 def _as_text_or_number(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """A Parquet column as strings (ids, features), or as is when numeric (times)."""
     kind = column.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
-        return column
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        return column  # ids become Python's str() of the number in `logs.encode`; times stay numbers
+    if any(is_kind(kind) for is_kind in (pa.types.is_string, pa.types.is_large_string, pa.types.is_dictionary,
+                                         pa.types.is_integer, pa.types.is_floating)):
+        return column  # numeric ids become Python's str() of the number in `logs.encode`; times stay numbers
     return pa.chunked_array([pa.array([None if v is None else _text(v) for v in column.to_pylist()], pa.string())])
 
 
