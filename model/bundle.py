@@ -3,7 +3,8 @@
 The only ``model/`` module the service imports. A bundle directory holds (docs/architecture.md):
 ``manifest.json``, ``user_tower.pt`` (TorchScript), ``item_vectors.npy``, ``item_ids.json``,
 ``index.faiss``, ``profile_vocab.json``, ``popularity.json`` and, optionally,
-``user_tower.pt2`` (the tower as a torch.export program, see model.tower_format). The two
+``user_tower.pt2`` (the tower as a torch.export program, see model.tower_format) and
+``item_categories.npy`` (one category per item row, for the diversity merge). The two
 tower files are the only ones that may carry pickle; both are checksummed before loading.
 
 Layout. ``write_bundle(out_dir, ...)`` writes into a hidden temporary directory beside its
@@ -32,10 +33,11 @@ import faiss
 import numpy as np
 import torch
 
-from model.bundle_files import (FILES, FORMAT_VERSION, INDEX, ITEM_IDS, ITEM_VECTORS, MANIFEST,
-                                OPTIONAL_FILES, POPULARITY, PROFILE_VOCAB, TOWER, TOWER_PROGRAM,
-                                BundleError, read_index, read_item_vectors, read_json, read_manifest,
-                                read_popularity, sha256_of, verify_files)
+from model.bundle_files import (CATEGORIES_KEY, FILES, FORMAT_VERSION, INDEX, ITEM_IDS, ITEM_VECTORS,
+                                MANIFEST, OPTIONAL_FILES, POPULARITY, PROFILE_VOCAB, TOWER, TOWER_PROGRAM,
+                                BundleError, ItemCategories, read_index, read_item_categories,
+                                read_item_vectors, read_json, read_manifest, read_popularity, sha256_of,
+                                verify_files, write_item_categories)
 from model.index import apply_params, build_index, perturbed_queries, tune_index
 from model.tower_format import (EXPORT, TORCHSCRIPT, TOWER_FORMATS, load_tower, probe_tower,
                                 save_program, save_torchscript, script_tower, tower_device)
@@ -44,8 +46,8 @@ UNKNOWN_VALUE = "<unk>"
 BUNDLE_DIR_MODE = 0o755
 NOT_MODEL_CONTENT = ("metrics", "data")   # manifest fields that leave model_version alone
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "Bundle", "BundleError", "latest_bundle", "load_bundle",
-           "prepare_histories", "write_bundle"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "Bundle", "BundleError", "ItemCategories", "latest_bundle",
+           "load_bundle", "prepare_histories", "write_bundle"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Bundle:
     n_interests: int
     max_len: int
     tower_format: str = TORCHSCRIPT         # which tower file `tower` was loaded from
+    categories: ItemCategories | None = None  # item_categories.npy; None = the bundle has none
 
 
 def prepare_histories(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
@@ -97,11 +100,15 @@ def _write_json(path: Path, value: Any) -> None:
 
 def _write_payload(tmp: Path, *, tower, item_vectors: np.ndarray, item_ids: Sequence[str],
                    profile_vocab: Mapping[str, Sequence[str]], popular_rows: Sequence[int],
-                   index_type: str | None, tune_queries: np.ndarray | None, tower_program=None) -> dict:
-    """Write every file but the manifest into ``tmp``; return the manifest's index entry."""
+                   index_type: str | None, tune_queries: np.ndarray | None, tower_program=None,
+                   item_categories: ItemCategories | None = None) -> tuple[dict, dict | None]:
+    """Write every file but the manifest into ``tmp``; return the manifest's index entry and
+    its item_categories entry (None without categories)."""
     save_torchscript(tower, tmp / TOWER)
     if tower_program is not None:
         save_program(tower_program, tmp / TOWER_PROGRAM)
+    categories = (None if item_categories is None
+                  else write_item_categories(tmp, item_categories, len(item_ids)))
     np.save(tmp / ITEM_VECTORS, item_vectors, allow_pickle=False)
     _write_json(tmp / ITEM_IDS, list(item_ids))
     _write_json(tmp / PROFILE_VOCAB, {f: [UNKNOWN_VALUE] + list(v[1:]) for f, v in profile_vocab.items()})
@@ -111,7 +118,7 @@ def _write_payload(tmp: Path, *, tower, item_vectors: np.ndarray, item_ids: Sequ
     tuned = tune_index(index, item_vectors, queries)
     faiss.write_index(index, str(tmp / INDEX))
     return {"type": kind, "params": tuned["params"], "tuned_recall_at_k": tuned["recall_at_k"],
-            "tuned_k": tuned["k"], "ntotal": int(index.ntotal)}
+            "tuned_k": tuned["k"], "ntotal": int(index.ntotal)}, categories
 
 
 def _refuse_unforced(out_dir: Path, force: bool) -> None:
@@ -183,7 +190,8 @@ def _manifest(tmp: Path, tower, *, created: datetime, index_entry: dict, **field
 def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popular_rows,
                  hyperparameters, metrics, index_type=None, max_len: int | None = None,
                  data: Mapping | None = None, tune_queries: np.ndarray | None = None,
-                 force: bool = False, tower_program: torch.export.ExportedProgram | None = None) -> Path:
+                 force: bool = False, tower_program: torch.export.ExportedProgram | None = None,
+                 item_categories: ItemCategories | None = None) -> Path:
     """Write a bundle atomically and return the directory it landed in.
 
     tower: a scripted (or scriptable) module honouring the tower contract.
@@ -194,7 +202,9 @@ def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popul
     default ``hyperparameters["max_len"]``. data: the run's data config (for evaluation).
     tune_queries: (Q, d) capsules to tune an approximate index on (default: perturbed items).
     tower_program: the same tower as a torch.export program (model.tower_format.export_tower),
-    written as user_tower.pt2; None = TorchScript only.
+    written as user_tower.pt2; None = TorchScript only. item_categories: one category per
+    item row (``of_row`` (n_items,) ints in [-1, len(names)), -1 = none), written as
+    item_categories.npy with the manifest entry ``item_categories``; None = no categories.
     """
     out_dir = Path(out_dir)
     vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)   # (n_items, d)
@@ -211,15 +221,16 @@ def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popul
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-tmp-", dir=parent))
     tmp.chmod(BUNDLE_DIR_MODE)   # mkdtemp makes it 0700; a service may run as another user
     try:
-        index_entry = _write_payload(tmp, tower=tower, item_vectors=vectors, item_ids=ids,
-                                     profile_vocab=profile_vocab, popular_rows=popular_rows,
-                                     index_type=index_type, tune_queries=tune_queries,
-                                     tower_program=tower_program)
+        index_entry, categories = _write_payload(
+            tmp, tower=tower, item_vectors=vectors, item_ids=ids, profile_vocab=profile_vocab,
+            popular_rows=popular_rows, index_type=index_type, tune_queries=tune_queries,
+            tower_program=tower_program, item_categories=item_categories)
         created = datetime.now(timezone.utc)
+        optional = {} if categories is None else {CATEGORIES_KEY: categories}
         manifest = _manifest(tmp, tower, created=created, index_entry=index_entry,
                              hyperparameters=dict(hyperparameters), dim=dim, n_interests=n_interests,
                              max_len=max_len, n_items=len(ids), profile_features=list(profile_vocab),
-                             metrics=dict(metrics or {}), data=dict(data or {}))
+                             metrics=dict(metrics or {}), data=dict(data or {}), **optional)
         _write_json(tmp / MANIFEST, manifest)
         target = _resolve_target(out_dir, created, manifest["model_version"], force)
         _move_into_place(tmp, target)
@@ -297,6 +308,7 @@ def load_bundle(path, device="cpu", tower_format: str = TORCHSCRIPT) -> Bundle:
     index = read_index(path / INDEX)
     item_ids = read_json(path / ITEM_IDS, list)
     _check_item_side(path, manifest, vectors, index, item_ids)
+    categories = read_item_categories(path, manifest)
     apply_params(index, manifest["index"].get("params", {}))
     vocab = read_json(path / PROFILE_VOCAB, dict)
     features = tuple(manifest["profile_features"])
@@ -309,4 +321,5 @@ def load_bundle(path, device="cpu", tower_format: str = TORCHSCRIPT) -> Bundle:
         row_of={item: row for row, item in enumerate(item_ids)}, profile_features=features,
         profile_vocab={f: {v: i for i, v in enumerate(values) if i} for f, values in vocab.items()},
         popular_rows=read_popularity(path, manifest["n_items"]), dim=manifest["dim"],
-        n_interests=manifest["n_interests"], max_len=manifest["max_len"], tower_format=tower_format)
+        n_interests=manifest["n_interests"], max_len=manifest["max_len"], tower_format=tower_format,
+        categories=categories)

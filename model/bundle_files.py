@@ -8,12 +8,14 @@ Every reader names the file it failed on. No reader here unpickles: arrays are r
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from model.jsonfile import read_json as read_json_file
+from model.retrieval import NO_CATEGORY
 
 MANIFEST = "manifest.json"
 TOWER = "user_tower.pt"
@@ -23,9 +25,11 @@ INDEX = "index.faiss"
 PROFILE_VOCAB = "profile_vocab.json"
 POPULARITY = "popularity.json"
 TOWER_PROGRAM = "user_tower.pt2"   # torch.export program of the tower (model.tower_format)
+ITEM_CATEGORIES = "item_categories.npy"   # (n_items,) int64 category of each row, -1 = none
+CATEGORIES_KEY = "item_categories"   # manifest entry {"feature", "names", "items_with_category"}
 FILES = (TOWER, ITEM_VECTORS, ITEM_IDS, INDEX, PROFILE_VOCAB, POPULARITY)  # all but the manifest
 # Files a bundle may carry (bundles written before them still load); verified when recorded.
-OPTIONAL_FILES = (TOWER_PROGRAM,)
+OPTIONAL_FILES = (TOWER_PROGRAM, ITEM_CATEGORIES)
 CHUNK_BYTES = 1 << 20
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -33,6 +37,17 @@ SUPPORTED_FORMAT_VERSIONS = (1,)
 
 class BundleError(Exception):
     """A bundle cannot be used; the message names the offending file."""
+
+
+@dataclass(frozen=True)
+class ItemCategories:
+    """One category per item row, for the diversity merge (model.retrieval.merge_diverse).
+
+    ``of_row`` (n_items,) int64: index into ``names``, NO_CATEGORY (-1) for an item without one;
+    ``feature``: the item side feature of the run it was taken from (its first token)."""
+    feature: str
+    names: tuple[str, ...]
+    of_row: np.ndarray
 
 
 def sha256_of(path: Path) -> str:
@@ -114,3 +129,52 @@ def read_popularity(path: Path, n_items: int) -> np.ndarray:
     if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= n_items)):
         raise BundleError(f"{path / POPULARITY}: rows must be a list of ints in [0, {n_items})")
     return rows
+
+
+def _categories_entry(path: Path, manifest: dict) -> dict | None:
+    """The manifest's item_categories entry, checked against ``files``; None when absent."""
+    entry, recorded = manifest.get(CATEGORIES_KEY), ITEM_CATEGORIES in manifest["files"]
+    if entry is None and not recorded:
+        return None
+    if entry is None or not recorded:
+        raise BundleError(f"{path / MANIFEST}: {CATEGORIES_KEY!r} and files[{ITEM_CATEGORIES!r}] "
+                          f"must be recorded together")
+    if (not isinstance(entry, dict) or not isinstance(entry.get("feature"), str)
+            or not isinstance(entry.get("names"), list) or not all(isinstance(n, str) for n in entry["names"])):
+        raise BundleError(f"{path / MANIFEST}: malformed {CATEGORIES_KEY!r} entry "
+                          f"(expected {{'feature': str, 'names': [str, ...]}})")
+    return entry
+
+
+def read_item_categories(path: Path, manifest: dict) -> ItemCategories | None:
+    """The bundle's item categories (read whole, not mapped), or None for a bundle without
+    them; a file of the wrong dtype, shape or value range is a BundleError naming it.
+    Call after ``verify_files`` (which checks its size and sha256)."""
+    entry = _categories_entry(path, manifest)
+    if entry is None:
+        return None
+    file, n_items, n_names = path / ITEM_CATEGORIES, manifest["n_items"], len(entry["names"])
+    try:
+        of_row = np.load(file, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise BundleError(f"{file}: not a readable .npy array: {err}") from err
+    if of_row.dtype.kind not in "iu" or of_row.shape != (n_items,):
+        raise BundleError(f"{file}: expected ({n_items},) integers (one per item row), "
+                          f"got {of_row.dtype} {of_row.shape}")
+    if len(of_row) and (of_row.min() < NO_CATEGORY or of_row.max() >= n_names):
+        raise BundleError(f"{file}: categories must lie in [{NO_CATEGORY}, {n_names}) "
+                          f"({n_names} names in the manifest)")
+    return ItemCategories(entry["feature"], tuple(entry["names"]), of_row.astype(np.int64))
+
+
+def write_item_categories(directory: Path, categories: ItemCategories, n_items: int) -> dict:
+    """Write ``ITEM_CATEGORIES`` into ``directory``; return its manifest entry. Raises
+    ValueError for an array that ``read_item_categories`` would refuse."""
+    of_row = np.asarray(categories.of_row)
+    if of_row.dtype.kind not in "iu" or of_row.shape != (n_items,):
+        raise ValueError(f"item categories must be ({n_items},) integers, got {of_row.dtype} {of_row.shape}")
+    if len(of_row) and (of_row.min() < NO_CATEGORY or of_row.max() >= len(categories.names)):
+        raise ValueError(f"item categories must lie in [{NO_CATEGORY}, {len(categories.names)})")
+    np.save(directory / ITEM_CATEGORIES, of_row.astype(np.int64), allow_pickle=False)
+    return {"feature": categories.feature, "names": list(categories.names),
+            "items_with_category": int((of_row != NO_CATEGORY).sum())}

@@ -5,7 +5,13 @@ contract) and exports it with torch.export (its successor, served with
 MIND_TOWER_FORMAT=export), takes the item vectors without the padding row, and writes the
 bundle with ``model.bundle.write_bundle`` (atomic; an existing bundle root gets a new
 version). The written bundle is loaded back with ``load_bundle``, from both tower files,
-before the command reports success. Exit codes: 0 ok, 2 bad input (missing or
+before the command reports success.
+
+Item categories (for ``POST /recall``'s ``diversity``): when the run's data had item side
+features, the first token of one of them becomes each item's category, written as
+``item_categories.npy``. ``--category-feature NAME`` picks the feature; the default ``auto``
+takes the first feature named one of CATEGORY_FEATURE_NAMES (case-insensitive, in that order:
+ml-100k's ``class``), and none when no feature is so named; ``none`` writes no categories. Exit codes: 0 ok, 2 bad input (missing or
 incomplete run, existing bundle without --force), 1 the written bundle failed verification.
 """
 from __future__ import annotations
@@ -17,15 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.bundle import BundleError, load_bundle, prepare_histories, write_bundle
+from model.bundle import BundleError, ItemCategories, load_bundle, prepare_histories, write_bundle
 from model.index import INDEX_KINDS, IndexTuningError, choose_kind
 from model.jsonfile import read_json
-from model.run import RunError, config_max_len, load_run
+from model.run import SIDE_PREFIX, RunError, config_max_len, load_run
 from model.tower_format import EXPORT, export_tower, script_tower
 
 RUN_FILES = ("config.json", "checkpoint.pt", "vocab.json", "popularity.json", "metrics.json")
 N_TUNE_HISTORIES = 256
 POPULARITY_SMOOTHING = 10.0   # rank offset of the 1/(rank + c) history sampler
+CATEGORY_FEATURE_NAMES = ("category", "categories", "class", "genre", "genres")  # auto choice, in order
+AUTO_CATEGORY, NO_CATEGORIES = "auto", "none"
 
 
 class TowerScriptError(RuntimeError):
@@ -40,6 +48,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", choices=INDEX_KINDS, default=None,
                         help="FAISS index type (default: flat up to 200k items, ivf above)")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    parser.add_argument("--category-feature", default=AUTO_CATEGORY, metavar="NAME",
+                        help="item side feature whose first token is each item's category (for the "
+                             "`diversity` of POST /recall); 'auto' (default): the first feature named "
+                             f"{'/'.join(CATEGORY_FEATURE_NAMES)}, if any; 'none': no categories")
 
 
 def read_run_json(run_dir: Path, name: str, expected_type: type):
@@ -111,9 +123,40 @@ def check_profile_vocab(run_dir: Path, profile_vocab: dict, model) -> None:
                        f"!= the model's {expected} ({run_dir / 'config.json'})")
 
 
-def export_run(run_dir: Path, out_dir: Path, index_type: str | None = None, force: bool = False) -> Path:
-    """Export ``run_dir`` into a bundle at (or, for a bundle root, inside) ``out_dir``."""
+def category_feature(run_dir: Path, vocab: dict, requested: str = AUTO_CATEGORY) -> str | None:
+    """The item side feature to take categories from (see the module docstring), or None."""
+    features = list(vocab.get("item_side") or {})
+    if requested == NO_CATEGORIES:
+        return None
+    if requested == AUTO_CATEGORY:
+        by_name = {f.lower(): f for f in reversed(features)}     # the first of equal lower-case names
+        return next((by_name[n] for n in CATEGORY_FEATURE_NAMES if n in by_name), None)
+    if requested not in features:
+        raise RunError(f"{run_dir / 'vocab.json'}: no item side feature {requested!r} for "
+                       f"--category-feature; the run has {features or 'none'}")
+    return requested
+
+
+def item_categories(run_dir: Path, vocab: dict, model, feature: str) -> ItemCategories:
+    """Each item's category: the first token of ``feature`` in the checkpoint's token table
+    (token index t -> category t - 1; no token -> -1), named by vocab.json."""
+    names = vocab["item_side"][feature]
+    tokens = model.state_dict().get(SIDE_PREFIX + feature)                  # (n_items + 1, T)
+    if tokens is None or tokens.ndim != 2:
+        raise RunError(f"{run_dir / 'checkpoint.pt'}: no token table for item side feature {feature!r}")
+    first = tokens[1:, 0].cpu().numpy().astype(np.int64)                    # (n_items,), 0 = none
+    if len(first) and (first.min() < 0 or first.max() >= len(names)):
+        raise RunError(f"{run_dir / 'checkpoint.pt'}: {feature!r} tokens beyond the {len(names)} "
+                       f"values of {run_dir / 'vocab.json'}")
+    return ItemCategories(feature, tuple(str(n) for n in names[1:]), first - 1)
+
+
+def export_run(run_dir: Path, out_dir: Path, index_type: str | None = None, force: bool = False,
+               category: str = AUTO_CATEGORY) -> Path:
+    """Export ``run_dir`` into a bundle at (or, for a bundle root, inside) ``out_dir``;
+    ``category``: the --category-feature value."""
     run = read_run(run_dir)
+    feature = category_feature(run_dir, run["vocab"], category)
     model = load_model(run_dir)
     eager = model.user_tower()
     try:
@@ -138,17 +181,19 @@ def export_run(run_dir: Path, out_dir: Path, index_type: str | None = None, forc
     ranked = run["popular_rows"] if len(run["popular_rows"]) else np.arange(len(item_ids))
     queries = None if index_type == "flat" else tower_queries(tower, ranked, run["max_len"], len(profile_vocab))
     config = run["config"]
+    categories = None if feature is None else item_categories(run_dir, run["vocab"], model, feature)
     return write_bundle(
         out_dir, tower=tower, item_vectors=item_vectors, item_ids=item_ids,
         profile_vocab=profile_vocab, popular_rows=run["popular_rows"],
         hyperparameters={"model": config.get("model", {}), "train": config.get("train", {})},
         metrics=run["metrics"], index_type=index_type, max_len=run["max_len"],
-        data=config.get("data", {}), tune_queries=queries, force=force, tower_program=program)
+        data=config.get("data", {}), tune_queries=queries, force=force, tower_program=program,
+        item_categories=categories)
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        path = export_run(args.run, args.out, args.index, args.force)
+        path = export_run(args.run, args.out, args.index, args.force, args.category_feature)
     except (RunError, OSError, ValueError) as err:   # OSError: e.g. --out not writable
         print(f"mind export: {err}", file=sys.stderr)
         return 2
@@ -161,8 +206,11 @@ def main(args: argparse.Namespace) -> int:
     except BundleError as err:
         print(f"mind export: the written bundle does not verify: {err}", file=sys.stderr)
         return 1
-    index = bundle.manifest["index"]
+    index, cats = bundle.manifest["index"], bundle.categories
+    categories = ("no item categories" if cats is None else f"categories from {cats.feature!r}: "
+                  f"{len(cats.names)} values, {int((cats.of_row >= 0).sum())} items with one")
     print(f"mind export: bundle {path} (model_version {bundle.model_version[:12]}, "
           f"{len(bundle.item_ids)} items, d={bundle.dim}, K={bundle.n_interests}, "
-          f"index {index['type']} {index['params']} recall@{index['tuned_k']}={index['tuned_recall_at_k']:.3f})")
+          f"index {index['type']} {index['params']} recall@{index['tuned_k']}={index['tuned_recall_at_k']:.3f}, "
+          f"{categories})")
     return 0

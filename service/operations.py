@@ -12,7 +12,7 @@ from service.schemas import ErrorResponse, ReloadRequest, ReloadResponse
 from service.state import ReloadPathError, ServiceState, get_state, reload_target
 
 VERSION_KEYS = ("model_version", "created_at", "format_version", "n_items", "dim", "n_interests", "max_len",
-                "profile_features", "index", "hyperparameters", "metrics")
+                "profile_features", "index", "hyperparameters", "metrics", "item_categories")
 
 
 async def require_admin(request: Request, state: ServiceState = Depends(get_state)) -> None:
@@ -38,7 +38,8 @@ def add_operational_routes(app: FastAPI) -> None:
         if bundle is None:
             return JSONResponse({"error": f"not ready: {state.not_ready_reason}"}, status_code=503,
                                 headers={"Retry-After": str(state.settings.retry_after_s)})
-        return {"status": "ready", "model_version": bundle.model_version}
+        return {"status": "ready", "model_version": bundle.model_version,
+                "item_categories": bundle.categories.feature if bundle.categories is not None else None}
 
     @app.get("/version", responses={503: {"model": ErrorResponse}})
     async def version(state: ServiceState = Depends(get_state)):

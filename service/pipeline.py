@@ -42,7 +42,8 @@ class RecallQuery:
     exclude: tuple[str, ...] = ()
     max_interests: int | None = None
     explain: bool = False
-    diversity: float = 0.0             # lambda of model.retrieval.merge_diverse; 0 = by score
+    diversity: float = 0.0             # lambda of model.retrieval.merge_diverse (over interests and
+                                       # the bundle's item categories, when it has them); 0 = by score
 
 
 @dataclass(frozen=True)
@@ -215,8 +216,9 @@ def recall_batch(bundle: Bundle, queries: list[RecallQuery],
                                                top_n, options.overfetch, diversity)           # (B, K, k)
         search_done = time.perf_counter()
         times.search_s = search_done - tower_done
+        categories = bundle.categories.of_row if bundle.categories is not None else None    # (n_items,)
         rows, scores, interest = retrieval.merge(scores, rows, excluded, int(top_n.max()), options.merge_policy,
-                                                 diversity)
+                                                 diversity, categories)
         for i, b in enumerate(warm):
             answers[b] = _ranked_answer(bundle, rows[i], scores[i], interest[i],
                                         int(active[i].sum()), queries[b].top_n)

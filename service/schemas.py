@@ -51,8 +51,10 @@ class RecallRequest(BaseModel):
                     f"interest's best {DIVERSE_POOL_DEPTH} * top_n candidates: step t (t items chosen) takes the item with the largest "
                     "gain = s' - lambda * (n_interest + n_category) / max(t, 1), where s' is the score rescaled to "
                     "[0, 1] over the candidates and n_interest / n_category count the items already chosen from "
-                    "its interest / in its item category (n_category only when the bundle carries item categories; "
-                    "today's bundle format has none, so lists spread over interests). "
+                    "its interest / in its item category. n_category counts only when the served bundle carries "
+                    "item categories (item_categories.npy, written by `mind export` from an item side feature such "
+                    "as a genre; GET /readyz names the feature in `item_categories`, null when there are none): "
+                    "then lists spread over interests and categories, else over interests alone. "
                     f"Deterministic; cost O(K * top_n^2); with diversity > 0, top_n is at most {MAX_DIVERSE_TOP_N}.")
 
 
