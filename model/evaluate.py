@@ -5,11 +5,13 @@ dataset and split from its saved data config and scores MIND, MIND K=1 (the run 
 ``RUN_DIR/baselines/k1`` when present), item-CF and popularity on the same users.
 ``mind evaluate --bundle BUNDLE_DIR [--data PATH]`` does the same through the bundle's
 TorchScript tower and FAISS index (the data config comes from ``manifest["data"]``).
-Prints JSON; writes ``report.md`` and ``recall_curve.png`` into ``--out``.
+Prints JSON; writes ``report.md`` (a Markdown table per setting) and ``recall_curve.png``
+(Recall@N per method) into ``--out``.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shlex
 import sys
@@ -20,8 +22,18 @@ import torch
 from model.device import DeviceError, resolve_device
 from model.eval_sources import EvaluationError, EvalSource, bundle_source, run_source
 from model.protocol import CUTOFFS, diversity_all, rank_all, score_all
-from model.report import write_report
 from model.run import K1_BASELINE
+
+SETTING_TITLES = {
+    "history_included": "History items NOT excluded from the candidates",
+    "history_excluded": "History items excluded from the candidates",
+}
+METRIC_COLUMNS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "hitrate@20", "hitrate@50")
+DIVERSITY_COLUMNS = {"capsule_cosine": "capsule cosine", "one_interest_overlap@50": "1-interest overlap@50"}
+DIVERSITY_NOTE = ("capsule cosine: mean pairwise cosine of a user's active capsules (n/a: one capsule); "
+                  "1-interest overlap@50: mean Jaccard of the top-50 served with the first interest alone "
+                  "(`max_interests: 1`) and the merged top-50. Near 1: the interests are one vector; "
+                  "- : not a multi-interest method.")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -79,3 +91,85 @@ def main(args: argparse.Namespace) -> int:
     result["report"] = [str(p) for p in written]
     print(json.dumps(result, indent=2))
     return 0
+
+
+# ---- report.md and recall_curve.png ----
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def metrics_table(per_method: dict[str, dict[str, float]],
+                  diversity: dict[str, dict[str, float | None]] | None = None) -> str:
+    """Markdown table: one row per method, one column per metric (4 decimals), and the two
+    diversity numbers for the methods in ``diversity`` (``n/a`` where undefined, ``-`` if absent)."""
+    extra = tuple(DIVERSITY_COLUMNS) if diversity else ()
+    head = "| method | " + " | ".join([*METRIC_COLUMNS, *(DIVERSITY_COLUMNS[c] for c in extra)]) + " |"
+    rule = "| --- |" + " ---: |" * (len(METRIC_COLUMNS) + len(extra))
+    rows = [f"| {name} | " + " | ".join([*(f"{m[c]:.4f}" for c in METRIC_COLUMNS),
+                                         *(_cell(diversity[name][c]) if name in diversity else "-"
+                                           for c in extra)]) + " |"
+            for name, m in per_method.items()]
+    return "\n".join([head, rule, *rows])
+
+
+def render_markdown(result: dict, command: str, plot_note: str) -> str:
+    """The whole report.md: what was evaluated, how, one table per setting, the plot."""
+    src = result["source"]
+    lines = [
+        "# MIND evaluation (ComiRec protocol)", "",
+        f"Command: `{command}`", "",
+        f"- source: {src['kind']} `{src['path']}`",
+        f"- data: `{src['data']}`; split `{src['split']}`: {src['n_users']} users, "
+        f"{src['n_items']} items, full-catalogue retrieval (FAISS exact inner product for runs, "
+        "the bundle's own index for bundles), capsules' lists merged by score",
+        "- history = first 80% of each sequence (last max_len items), targets = remaining 20%",
+    ]
+    recorded = (src.get("run_metrics") or {}).get(src["split"], {})  # metrics.json keys: test, validation
+    if "recall@50" in recorded and "MIND" in result["metrics"].get("history_included", {}):
+        lines.append(f"- MIND Recall@50 recorded by training for this split: {recorded['recall@50']:.4f}; "
+                     f"this evaluation: {result['metrics']['history_included']['MIND']['recall@50']:.4f}")
+    lines += [f"- {name}: not evaluated ({why})" for name, why in result.get("missing", {}).items()]
+    diversity = result.get("diversity") or {}
+    if diversity:
+        lines.append(f"- {DIVERSITY_NOTE}")
+    for setting, per_method in result["metrics"].items():
+        lines += ["", f"## {SETTING_TITLES.get(setting, setting)}", "",
+                  metrics_table(per_method, diversity.get(setting))]
+    lines += ["", "## Recall@N, N = 1..100", "", plot_note, ""]
+    return "\n".join(lines)
+
+
+def plot_recall_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> str:
+    """Draw Recall@N per method (one panel per setting) into ``path``; return a report line.
+
+    Without matplotlib (the ``plot`` extra) nothing is drawn and the line says so.
+    """
+    if importlib.util.find_spec("matplotlib") is None:
+        return "matplotlib is not installed (`pip install mind-recall[plot]`): no plot drawn."
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.5), squeeze=False)
+    for ax, (setting, per_method) in zip(axes[0], curves.items()):
+        for name, curve in per_method.items():
+            ax.plot(range(1, len(curve) + 1), curve, label=name)
+        ax.set(title=SETTING_TITLES.get(setting, setting), xlabel="N", ylabel="Recall@N")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"![Recall@N]({path.name})"
+
+
+def write_report(result: dict, curves: dict[str, dict[str, list[float]]], out_dir: Path,
+                 command: str) -> list[Path]:
+    """Write report.md (and recall_curve.png when matplotlib is present); return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / "recall_curve.png"
+    note = plot_recall_curves(curves, png)
+    report = out_dir / "report.md"
+    report.write_text(render_markdown(result, command, note), encoding="utf-8")
+    return [report, png] if png.exists() else [report]

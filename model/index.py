@@ -27,6 +27,7 @@ INDEX_KINDS = ("flat", "hnsw", "ivf")
 HNSW_M = 48                        # graph degree; 2*M neighbours on the base layer
 HNSW_EF_CONSTRUCTION = 200        # M=32/efC=80 plateaus near recall 0.95 for inner product at 200k items
 IVF_TRAIN_POINTS_PER_LIST = 40     # k-means sample per inverted list (faiss wants >= 39)
+IVF_SEED = 0                       # the k-means sample and initialisation: the same index every build
 TUNE_K = 100
 TUNE_TARGET_RECALL = 0.96         # 0.95 is required on held-out capsules; 0.01 margin for
                                   # the sampling noise of the tuning queries
@@ -56,8 +57,7 @@ def flat_index(item_vectors: np.ndarray) -> faiss.IndexFlatIP:
 
 
 def build_index(item_vectors: np.ndarray, kind: str | None = None, *, hnsw_m: int = HNSW_M,
-                ef_construction: int = HNSW_EF_CONSTRUCTION, nlist: int | None = None,
-                seed: int = 0) -> tuple[faiss.Index, str]:
+                ef_construction: int = HNSW_EF_CONSTRUCTION) -> tuple[faiss.Index, str]:
     """Build an inner-product index over ``item_vectors`` (n, d) float32; ids are rows.
 
     Returns ``(index, kind)`` where ``kind`` is the resolved kind (``choose_kind`` if None).
@@ -71,7 +71,7 @@ def build_index(item_vectors: np.ndarray, kind: str | None = None, *, hnsw_m: in
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
     elif kind == "ivf":
-        index = _trained_ivf(vectors, nlist or default_nlist(n_items), seed)
+        index = _trained_ivf(vectors, default_nlist(n_items), IVF_SEED)
     else:
         raise ValueError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
     index.add(vectors)

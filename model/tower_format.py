@@ -67,14 +67,12 @@ def save_program(program: torch.export.ExportedProgram, file: Path) -> None:
     torch.export.save(program, str(file))
 
 
-def load_program(file: Path, device: torch.device) -> torch.nn.Module:
-    """The callable module of a saved exported program, on ``device``."""
-    return torch.export.load(str(file)).module().to(device)
-
-
 def load_tower(file: Path, tower_format: str, device: torch.device) -> torch.nn.Module:
     """A tower file of either format on ``device``, for serving: eval mode, no autograd."""
-    tower = load_program(file, device) if tower_format == EXPORT else load_torchscript(file, device).eval()
+    if tower_format == EXPORT:
+        tower = torch.export.load(str(file)).module().to(device)   # the exported program's callable module
+    else:
+        tower = load_torchscript(file, device).eval()
     for parameter in tower.parameters():   # serving only: outputs carry no autograd graph
         parameter.requires_grad_(False)
     return tower

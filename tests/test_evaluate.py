@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from model.evaluate import write_report
 from model.protocol import HeldOut, MindRetriever, rank_all, score_all, tower_capsule_fn
-from model.report import write_report
 from model.tower_format import script_tower
 from tests.service_support import write_untrained_run
 
