@@ -205,7 +205,8 @@ def recall_batch(bundle: Bundle, queries: list[RecallQuery],
     answers: list[dict | None] = [None] * len(queries)
     if len(warm):
         capsules, active, weights = run_tower(bundle, batch.history[warm], batch.profile[warm], options.tower_shapes)
-        limits = np.array([queries[b].max_interests or bundle.n_interests for b in warm], dtype=np.int64)
+        limits = np.array([min(queries[b].max_interests or bundle.n_interests, bundle.n_interests) for b in warm],
+                          dtype=np.int64)   # any larger limit means all K (it may not fit int64)
         active = cap_interests(active, limits)
         tower_done = time.perf_counter()
         times.tower_s = tower_done - start

@@ -182,6 +182,17 @@ def test_integral_numbers_are_integers_as_the_schema_says(root):
     assert len(answer.json()["items"]) == 5 and answer.json()["interests"] == 1 and answer.json()["unknown_items"] == 0
 
 
+def test_max_interests_beyond_int64_means_all_interests(root):
+    """Schema-valid (a positive integer has no upper bound); found by the fuzz run with seed
+    1032686681 (was a 500: the limit did not fit the int64 array of limits)."""
+    history = history_of(range(100, 112))
+    huge, full = call(settings_for(root),
+                      ("POST", "/recall", {"json": {"history": history, "top_n": 10, "max_interests": 2 ** 70}}),
+                      ("POST", "/recall", {"json": {"history": history, "top_n": 10}}))
+    assert huge.status_code == 200, huge.text
+    assert [i["item_id"] for i in huge.json()["items"]] == [i["item_id"] for i in full.json()["items"]]
+
+
 @pytest.mark.parametrize("body,status,message", BAD_REQUESTS)
 def test_bad_input_gets_4xx_with_a_message(root, body, status, message):
     (response,) = call(settings_for(root), ("POST", "/recall", {"json": body}))
