@@ -1,19 +1,22 @@
 """Adaptive batching: a request reaching an idle worker runs at once; requests that arrive
-while a batch runs queue up and form the next batch, so batches grow only with the load.
+while every worker is busy queue up and form the next batch, so batches grow only with the load.
 
-Requests wait in a bounded asyncio queue; one collector task takes everything waiting (up to
-``max_batch_size``) and hands it to ONE dedicated worker thread, so torch and FAISS never run
-on the event loop and never run two batches at once (which would oversubscribe the cores).
+Requests wait in a bounded asyncio queue; one collector task waits for a free worker, takes
+everything waiting (up to ``max_batch_size``) and hands it to that worker thread, so torch and
+FAISS never run on the event loop. ``workers`` threads (each with its own single-threaded
+torch/OpenMP settings, set by ``thread_init`` in the thread itself) run up to that many batches
+at once: two callers on a 2-core machine run in parallel instead of one waiting for the other.
 ``wait_s`` > 0 adds a window for company after a batch that had company (off by default:
 measured, it only added latency; see bench/README.md, "Serving").
 
 Admission: a new request is refused (503 + Retry-After) when the queue is full, or when the
-wait predicted from the measured service time and its queue position exceeds the latency
-objective, so the requests that are accepted meet it.
+wait predicted from the measured service time, the running batches and its queue position
+exceeds the latency objective, so the requests that are accepted meet it.
 """
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -58,24 +61,28 @@ def _smooth(average: float, value: float) -> float:
 
 
 class Batcher:
-    """``run_batch(payloads) -> results`` (same length, in order) executed in one thread.
+    """``run_batch(payloads) -> results`` (same length, in order) executed in ``workers`` threads,
+    one batch per thread at a time.
 
     ``objective_s`` > 0 refuses arrivals whose predicted wait exceeds it (0: queue bound only).
     """
 
     def __init__(self, run_batch: Callable[[list], list], *, max_batch_size: int, wait_s: float,
-                 max_queue: int, objective_s: float = 0.0,
+                 max_queue: int, objective_s: float = 0.0, workers: int = 1,
                  thread_init: Callable[[], None] | None = None) -> None:
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._wait_s = wait_s
         self._objective_s = objective_s
+        self._workers = workers
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
-        # thread_init runs in the worker thread itself: OpenMP thread counts are per thread.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recall-worker",
+        # thread_init runs in each worker thread itself: OpenMP thread counts are per thread.
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recall-worker",
                                             initializer=thread_init)
+        self._free: asyncio.Semaphore | None = None      # free workers; created on the loop by start()
         self._task: asyncio.Task | None = None
-        self._running_since: float | None = None   # loop.time() the running batch started
+        self._running: dict[int, tuple[float, int]] = {}  # batch id -> (loop.time() started, requests)
+        self._in_flight: set[asyncio.Task] = set()
         self._last_size = 0              # requests in the previous batch
         # Running average of a batch's run time (s). A job whose deadline falls before a batch
         # would finish is refused rather than computed: past saturation a FIFO queue otherwise
@@ -90,24 +97,43 @@ class Batcher:
     def depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def busy(self) -> int:
+        """Workers running a batch now."""
+        return len(self._running)
+
     def start(self) -> None:
+        self._free = asyncio.Semaphore(self._workers)
         self._task = asyncio.get_running_loop().create_task(self._collect(), name="batcher")
 
     def predicted_wait_s(self, position: int) -> float:
-        """Seconds until a request with ``position`` requests queued ahead of it is answered:
-        what is left of the running batch plus the queue at the measured per-request time."""
-        left = 0.0
-        if self._running_since is not None:
-            left = max(0.0, self._batch_s - (asyncio.get_running_loop().time() - self._running_since))
-        return left + (position + 1) * self._recent_s / max(self._recent_requests, 1)
+        """Seconds until a request with ``position`` requests queued ahead of it is answered.
+
+        Replays the collector at the measured per-request service time ``t``: each running
+        batch of n requests frees its worker n*t after it started (at least now); the worker
+        free first takes the next ``max_batch_size`` queued requests, and so on, until the
+        batch holding this request; its wait is that batch's start plus its own run time."""
+        per_request = self._recent_s / max(self._recent_requests, 1)
+        now = asyncio.get_running_loop().time()
+        free_at = [max(0.0, started + size * per_request - now) for started, size in self._running.values()]
+        free_at += [0.0] * (self._workers - len(free_at))
+        heapq.heapify(free_at)
+        ahead = position
+        while True:
+            start = heapq.heappop(free_at)
+            take = min(ahead + 1, self._max_batch_size)
+            if take == ahead + 1:
+                return start + take * per_request
+            ahead -= take
+            heapq.heappush(free_at, start + take * per_request)
 
     def refusal(self) -> QueueFullError | None:
-        """Why a request arriving now would be refused, or None. An idle worker with an empty
+        """Why a request arriving now would be refused, or None. A free worker with an empty
         queue never refuses: shedding can only shorten queueing, and there is none."""
         depth = self._queue.qsize()
         if depth >= self._queue.maxsize:
             return QueueFullError(f"{self._queue.maxsize} requests already queued")
-        if self._objective_s <= 0 or (depth == 0 and self._running_since is None):
+        if self._objective_s <= 0 or (depth == 0 and len(self._running) < self._workers):
             return None
         wait = self.predicted_wait_s(depth)
         if wait <= self._objective_s:
@@ -138,19 +164,23 @@ class Batcher:
             self._recent_s -= old_s
             self._recent_requests -= old_size
 
-    def _take_waiting(self, batch: list[_Job]) -> None:
-        while len(batch) < self._max_batch_size and not self._queue.empty():
+    def _take_waiting(self, batch: list[_Job], limit: int) -> None:
+        limit = min(limit, self._max_batch_size)
+        while len(batch) < limit and not self._queue.empty():
             batch.append(self._queue.get_nowait())
 
     async def _next_batch(self) -> list[_Job]:
         # One sleep rather than wait_for(queue.get()): a get cancelled by a timeout can lose
         # its item on Python < 3.12. A window is only worth it under concurrency: while the
-        # previous batch held a single request, waiting would only add latency.
+        # previous batch held a single request, waiting would only add latency. Requests that
+        # queued together are shared among the free workers (this one included), so two
+        # callers arriving at once at two idle workers run in parallel, not in one batch.
         batch = [await self._queue.get()]
-        self._take_waiting(batch)
+        free = max(1, self._workers - len(self._running))
+        self._take_waiting(batch, -(-(1 + self._queue.qsize()) // free))
         if len(batch) < self._max_batch_size and self._wait_s > 0 and self._last_size > 1:
             await asyncio.sleep(self._wait_s)
-            self._take_waiting(batch)
+            self._take_waiting(batch, self._max_batch_size)
         self._last_size = len(batch)
         return batch
 
@@ -163,35 +193,51 @@ class Batcher:
         return live
 
     async def _collect(self) -> None:
+        """Wait for a free worker, then give it everything queued (up to a batch)."""
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
+            await self._free.acquire()
+            try:
+                batch = await self._next_batch()
+            except asyncio.CancelledError:
+                self._free.release()
+                raise
             live = self._live(batch, loop.time())
             if not live:
+                self._free.release()
                 continue
-            self._running_since = started = loop.time()
-            try:
-                results = await loop.run_in_executor(self._executor, self._run_batch,
-                                                     [job.payload for job in live])
-            except Exception as err:  # one bad batch must not stop the service; every caller sees it
-                log.exception("batch of %d failed", len(live))
-                results = [err] * len(live)
-            finally:
-                self._running_since = None
-                took = loop.time() - started
-                self._batch_s = _smooth(self._batch_s, took)
-                self._remember(took, len(live))
-            for job, result in zip(live, results):
-                if isinstance(result, Exception):
-                    _fail(job, result)
-                elif not job.future.done():
-                    job.future.set_result(result)
+            key = id(live)
+            self._running[key] = (loop.time(), len(live))      # busy from now: the next batch sees it
+            task = loop.create_task(self._execute(key, live))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _execute(self, key: int, live: list[_Job]) -> None:
+        """Run one batch on a worker thread, record its time, answer its callers."""
+        loop = asyncio.get_running_loop()
+        started = self._running[key][0]
+        try:
+            results = await loop.run_in_executor(self._executor, self._run_batch, [job.payload for job in live])
+        except Exception as err:  # one bad batch must not stop the service; every caller sees it
+            log.exception("batch of %d failed", len(live))
+            results = [err] * len(live)
+        finally:
+            del self._running[key]
+            self._free.release()
+            took = loop.time() - started
+            self._batch_s = _smooth(self._batch_s, took)
+            self._remember(took, len(live))
+        for job, result in zip(live, results):
+            if isinstance(result, Exception):
+                _fail(job, result)
+            elif not job.future.done():
+                job.future.set_result(result)
 
     async def drain_and_stop(self, timeout_s: float = 30.0) -> None:
-        """Answer everything queued, then stop the collector and the worker thread."""
+        """Answer everything queued, then stop the collector and the worker threads."""
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout_s
-        while (self._queue.qsize() or self._running_since is not None) and loop.time() < until:
+        while (self._queue.qsize() or self._running) and loop.time() < until:
             await asyncio.sleep(0.005)
         if self._task is not None:
             self._task.cancel()

@@ -42,6 +42,8 @@ class ServiceMetrics:
                                  registry=registry)
         self.queue_depth = Gauge("mind_recall_queue_depth_requests", "requests waiting for the batcher",
                                  registry=registry)
+        self.busy_workers = Gauge("mind_recall_busy_workers", "batch worker threads running a batch now "
+                                  "(of MIND_BATCH_WORKERS)", registry=registry)
         self.model = Info("mind_recall_model", "the bundle being served", registry=registry)
         self.reloads = Counter("mind_recall_reloads", "bundle (re)loads by result", ["result"], registry=registry)
         self.ready = Gauge("mind_recall_ready", "1 once a bundle is loaded and warmed up (GET /readyz answers 200)",

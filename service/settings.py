@@ -18,6 +18,13 @@ def default_faiss_threads(cpu_count: int | None) -> int:
     return max(1, min(8, (cpu_count or 2) - 1))
 
 
+def auto_batch_workers(cpu_count: int | None, faiss_threads: int, device: str) -> int:
+    """Batch worker threads when ``batch_workers`` is 0: enough single-batch workers for their
+    FAISS threads to fill the cores (so two callers run on two cores at once); one on CUDA,
+    where the tower runs whole batches on the GPU."""
+    return 1 if device == "cuda" else max(1, (cpu_count or 1) // faiss_threads)
+
+
 class Settings(BaseSettings):
     """Service configuration; immutable once the app is built."""
 
@@ -52,6 +59,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, description="most requests the batcher runs through tower + FAISS at once")
     batch_wait_ms: float = Field(0.0, ge=0, description="extra window for company after a batch that had some (0: batches form "
                                  "only from requests that queued while the worker was busy)")
+    batch_workers: int = Field(0, ge=0, description="threads running batches at once, each with torch_threads / faiss_threads "
+                               "threads; 0 = auto: cores // faiss_threads on CPU (2 on a 2-core machine), 1 with a CUDA tower")
     max_queue: int = Field(512, ge=1, description="queued requests before 503 + Retry-After")
     request_timeout_ms: float = Field(1000.0, gt=0, description="deadline from arrival; past it the answer is 503")
     latency_objective_ms: float = Field(100.0, ge=0, description="refuse (503 + Retry-After) a request whose predicted wait, "

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import gc
 import logging
+import os
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -26,7 +27,7 @@ from model.bundle import MANIFEST, Bundle, BundleError, latest_bundle, load_bund
 from service.batcher import Batcher, DeadlineError, QueueFullError
 from service.metrics import ServiceMetrics
 from service.pipeline import RecallQuery, RetrievalOptions, bucket_shapes, configure_compute, recall_batch, run_tower
-from service.settings import Settings
+from service.settings import Settings, auto_batch_workers
 
 log = logging.getLogger("service.state")
 WARMUP_BATCH_SIZE = 8
@@ -135,16 +136,19 @@ class ServiceState:
         self.batcher: Batcher | None = None      # created by start(), on the running loop
         self._reload_lock = asyncio.Lock()
         self._configure_compute = functools.partial(configure_compute, settings)
+        self.batch_workers = settings.batch_workers or auto_batch_workers(os.cpu_count(), settings.faiss_threads,
+                                                                          self.device)
 
     def start(self) -> None:
-        """Start the batcher and its worker thread (on the running event loop)."""
+        """Start the batcher and its worker threads (on the running event loop)."""
         settings = self.settings
         self._configure_compute()
         self.batcher = Batcher(self.run_batch, max_batch_size=settings.max_batch_size,
                                wait_s=settings.batch_wait_ms / 1000, max_queue=settings.max_queue,
-                               objective_s=settings.latency_objective_ms / 1000,
+                               objective_s=settings.latency_objective_ms / 1000, workers=self.batch_workers,
                                thread_init=self._configure_compute)
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        self.metrics.busy_workers.set_function(lambda: self.batcher.busy)
         self.batcher.start()
 
     async def stop(self) -> None:

@@ -88,3 +88,54 @@ def test_a_failing_batch_reaches_every_caller_and_the_batcher_goes_on():
         return outcomes, after
     outcomes, after = run(main())
     assert all(isinstance(o, RuntimeError) for o in outcomes) and after == "y"
+
+
+def test_two_workers_run_two_batches_at_once():
+    """Each batch waits at a two-party barrier: it passes only when the other batch runs at the
+    same time on the other worker thread (one worker would leave it broken after 5 s)."""
+    barrier, threads = threading.Barrier(2, timeout=5), set()
+
+    def work(payloads):
+        threads.add(threading.current_thread().name)
+        barrier.wait()
+        return payloads
+
+    async def main():
+        batcher = Batcher(work, max_batch_size=8, wait_s=0, max_queue=10, workers=2)
+        batcher.start()
+        results = await asyncio.gather(batcher.submit("a", 10), batcher.submit("b", 10))
+        await batcher.drain_and_stop()
+        return results
+    assert run(main()) == ["a", "b"]
+    assert len(threads) == 2 and threading.current_thread().name not in threads
+
+
+def test_busy_workers_queue_requests_into_the_next_free_one():
+    """Two workers, both held: the next requests queue and run as one batch on the first
+    worker freed, while the other is still held."""
+    release = {"a": threading.Event(), "b": threading.Event()}
+    batches = []
+
+    def work(payloads):
+        batches.append(list(payloads))
+        if payloads[0] in release:
+            release[payloads[0]].wait(5)
+        return payloads
+
+    async def main():
+        batcher = Batcher(work, max_batch_size=8, wait_s=0, max_queue=10, workers=2)
+        batcher.start()
+        held = [asyncio.ensure_future(batcher.submit(p, 10)) for p in ("a", "b")]
+        while batcher.busy < 2:
+            await asyncio.sleep(0.005)
+        queued = [asyncio.ensure_future(batcher.submit(p, 10)) for p in ("c", "d", "e")]
+        await asyncio.sleep(0.05)
+        assert batcher.depth == 3
+        release["a"].set()
+        done = await asyncio.gather(held[0], *queued)
+        release["b"].set()
+        done.insert(1, await held[1])
+        await batcher.drain_and_stop()
+        return done
+    assert run(main()) == ["a", "b", "c", "d", "e"]
+    assert sorted(map(len, batches)) == [1, 1, 3]

@@ -3,6 +3,7 @@ and the same answer for the same request whatever its batch-mates, through the r
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from types import SimpleNamespace
 
@@ -80,10 +81,12 @@ def bundle_dir(tmp_path_factory):
     return build_bundle(tmp_path_factory.mktemp("bundle"), seed=0)
 
 
-def test_same_request_same_ids_alone_and_among_mixed_batch_mates(bundle_dir):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_same_request_same_ids_alone_and_among_mixed_batch_mates(bundle_dir, workers):
     """Through ServiceState and the real batcher: the probe alone at an idle worker, then in
     crowds of different sizes and kinds (top_n, exclusions, explain, lengths) that queue while
-    the worker is busy, so it runs in real batches of several sizes."""
+    the workers are busy, so it runs in real batches of several sizes, on one worker thread or
+    on two running batches at once (each with its own torch / OpenMP thread settings)."""
     rng = np.random.default_rng(3)
     probe = RecallQuery(history=tuple(item_id(r) for r in rng.integers(0, N_ITEMS, 9)), top_n=40)
 
@@ -93,8 +96,14 @@ def test_same_request_same_ids_alone_and_among_mixed_batch_mates(bundle_dir):
                            explain=i % 3 == 0, max_interests=None if i % 4 else 2, exclude_history=i % 2 == 0)
 
     async def run():
-        state = ServiceState(Settings(bundle=bundle_dir, device="cpu", warmup_batches=1, latency_objective_ms=0),
-                             ServiceMetrics())
+        state = ServiceState(Settings(bundle=bundle_dir, device="cpu", warmup_batches=1, latency_objective_ms=0,
+                                      batch_workers=workers), ServiceMetrics())
+        run_batch = state.run_batch
+
+        def recorded(jobs):
+            threads.add(threading.current_thread().name)
+            return run_batch(jobs)
+        state.run_batch = recorded
         state.start()
         await state.load(bundle_dir)
         alone = [await state.recall(probe, time.perf_counter()) for _ in range(2)]
@@ -108,7 +117,9 @@ def test_same_request_same_ids_alone_and_among_mixed_batch_mates(bundle_dir):
         await state.stop()
         return alone, crowds, sizes
 
+    threads: set[str] = set()
     alone, crowds, samples = asyncio.run(run())
+    assert len(threads) == workers
     count = next(s.value for s in samples if s.name.endswith("_count"))
     total = next(s.value for s in samples if s.name.endswith("_sum"))
     single = next(s.value for s in samples if s.name.endswith("_bucket") and s.labels["le"] == "1.0")

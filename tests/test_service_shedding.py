@@ -91,3 +91,28 @@ def test_predicted_wait_over_the_objective_is_refused_but_an_idle_worker_always_
         await batcher.drain_and_stop()
     asyncio.run(main())
     assert seen == ["first", "second", "idle again"]
+
+
+def test_predicted_wait_counts_every_worker():
+    """Two workers, batches of 0.2 s, objective 0.1 s: a request finding a free worker is
+    admitted although the other one is busy; once both are busy, the next would wait ~0.4 s
+    and is refused."""
+    seen = []
+    slow = slow_worker(seen, 0.2)
+
+    async def main():
+        batcher = Batcher(slow, max_batch_size=8, wait_s=0, max_queue=100, objective_s=0.1, workers=2)
+        batcher.start()
+        assert await batcher.submit("first", 5) == "first"      # teaches 0.2 s per request
+        one = asyncio.ensure_future(batcher.submit("one", 5))
+        await asyncio.sleep(0.02)
+        assert batcher.busy == 1 and batcher.refusal() is None   # the other worker is free
+        two = asyncio.ensure_future(batcher.submit("two", 5))
+        await asyncio.sleep(0.02)
+        assert batcher.busy == 2
+        refused = batcher.refusal()
+        assert refused is not None and refused.reason == "latency_objective"
+        assert await one == "one" and await two == "two"
+        await batcher.drain_and_stop()
+    asyncio.run(main())
+    assert sorted(seen) == ["first", "one", "two"]
