@@ -16,6 +16,7 @@ import platform
 import shlex
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -84,17 +85,33 @@ def random_histories(bundle: Bundle, n: int, length: int, seed: int = 1) -> list
     return [[bundle.item_ids[r] for r in row] for row in rows.tolist()]
 
 
-def measure(bundle: Bundle, batch_size: int, histories: list[list[str]], top_n: int, seconds: float) -> dict:
-    """Run batches of ``batch_size`` for ``seconds``; requests/s and per-batch latency (ms)."""
-    options = RetrievalOptions.from_settings(Settings())
-    queries = [RecallQuery(history=tuple(h), top_n=top_n) for h in histories]
-    latencies, served, start = [], 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        batch = [queries[(served + i) % len(queries)] for i in range(batch_size)]
+def _run_batches(bundle: Bundle, queries: list[RecallQuery], batch_size: int, until: float, offset: int,
+                 options: RetrievalOptions, settings: Settings | None, latencies: list[float]) -> int:
+    """One worker: batches of ``batch_size`` until ``until``; returns the requests served."""
+    if settings is not None:
+        configure_compute(settings)       # OpenMP thread counts are per thread, as in the service
+    served = 0
+    while time.perf_counter() < until:
+        batch = [queries[(offset + served + i) % len(queries)] for i in range(batch_size)]
         t0 = time.perf_counter()
         recall_batch(bundle, batch, options)
         latencies.append(time.perf_counter() - t0)
         served += batch_size
+    return served
+
+
+def measure(bundle: Bundle, batch_size: int, histories: list[list[str]], top_n: int, seconds: float,
+            workers: int = 1, settings: Settings | None = None) -> dict:
+    """Run batches of ``batch_size`` for ``seconds`` on ``workers`` threads at once (as the
+    service's batch workers, each configured with ``settings``' thread counts); requests/s
+    and per-batch latency (ms)."""
+    options = RetrievalOptions.from_settings(settings or Settings())
+    queries = [RecallQuery(history=tuple(h), top_n=top_n) for h in histories]
+    latencies: list[float] = []
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        served = sum(pool.map(lambda w: _run_batches(bundle, queries, batch_size, start + seconds, w * 997, options,
+                                                     settings if workers > 1 else None, latencies), range(workers)))
     elapsed = time.perf_counter() - start
     ms = np.asarray(latencies) * 1000
     return {"batch": batch_size, "rps": served / elapsed, "p50_ms": float(np.percentile(ms, 50)),
@@ -110,6 +127,8 @@ def parse_args(argv):
     parser.add_argument("--torch-threads", type=int, default=defaults.torch_threads)
     parser.add_argument("--faiss-threads", type=int, default=defaults.faiss_threads)
     parser.add_argument("--faiss-blas-threshold", type=int, default=defaults.faiss_blas_threshold)
+    parser.add_argument("--workers", type=int, default=1, help="threads running batches at once (the service's "
+                        "MIND_BATCH_WORKERS), each with the thread counts above")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     return parser.parse_args(argv)
 
@@ -118,16 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"command: python -m bench.pipeline {shlex.join(argv if argv is not None else sys.argv[1:])}")
     print(f"machine: {machine()}")
-    configure_compute(Settings(torch_threads=args.torch_threads, faiss_threads=args.faiss_threads,
-                               faiss_blas_threshold=args.faiss_blas_threshold))
+    settings = Settings(torch_threads=args.torch_threads, faiss_threads=args.faiss_threads,
+                        faiss_blas_threshold=args.faiss_blas_threshold)
+    configure_compute(settings)
     bundle = load_bundle(bench_bundle(args.cache, args.items, args.dim, args.interests, args.history))
     histories = random_histories(bundle, 4096, args.history)
     print(f"catalogue {args.items} x d={args.dim}, K={args.interests}, history {args.history}, top_n {args.top_n}, "
           f"torch threads {args.torch_threads}, faiss threads {args.faiss_threads}, "
-          f"blas threshold {args.faiss_blas_threshold}")
+          f"blas threshold {args.faiss_blas_threshold}, {args.workers} worker thread(s)")
     print(f"{'batch':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for size in (int(s) for s in args.batch_sizes.split(",")):
-        m = measure(bundle, size, histories, args.top_n, args.seconds)
+        m = measure(bundle, size, histories, args.top_n, args.seconds, args.workers, settings)
         print(f"{m['batch']:>6} {m['rps']:>9.1f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f}")
     return 0
 

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 log = logging.getLogger("service.batcher")
-SMOOTHING = 0.3                      # weight of the newest batch in the running batch time
-RATE_WINDOW = 32                     # batches over which the per-request service time is measured
+RATE_WINDOW = 32                     # batches over which the batch service time is measured
 
 
 class QueueFullError(Exception):
@@ -56,8 +55,22 @@ def _fail(job: _Job, error: Exception) -> None:
         job.future.exception()
 
 
-def _smooth(average: float, value: float) -> float:
-    return (1 - SMOOTHING) * average + SMOOTHING * value if average else value
+def fit_batch_time(recent: list[tuple[float, int]]) -> tuple[float, float]:
+    """(overhead s, s per request) of the least-squares line ``took = overhead + per * size``
+    through recent (took s, size) batches, both >= 0: a batch of 8 costs far less than 8
+    batches of 1 (one tower call, one GEMM), which a per-request average over mostly single
+    batches would hide. Batches all of one size: no overhead, the mean per request."""
+    if not recent:
+        return 0.0, 0.0
+    k = len(recent)
+    mean_size = sum(size for _, size in recent) / k
+    mean_took = sum(took for took, _ in recent) / k
+    var = sum((size - mean_size) ** 2 for _, size in recent) / k
+    if var < 1e-9:
+        return 0.0, mean_took / mean_size
+    per = max(0.0, sum((size - mean_size) * (took - mean_took) for took, size in recent) / k / var)
+    overhead = max(0.0, mean_took - per * mean_size)
+    return overhead, per
 
 
 class Batcher:
@@ -84,14 +97,12 @@ class Batcher:
         self._running: dict[int, tuple[float, int]] = {}  # batch id -> (loop.time() started, requests)
         self._in_flight: set[asyncio.Task] = set()
         self._last_size = 0              # requests in the previous batch
-        # Running average of a batch's run time (s). A job whose deadline falls before a batch
-        # would finish is refused rather than computed: past saturation a FIFO queue otherwise
-        # hands the worker only jobs about to expire.
-        self._batch_s = 0.0
-        # (run time, requests) of the last batches: the service time per request is their
-        # ratio of sums, so one batch slowed by a neighbour's job does not swing admission.
-        self._recent: deque[tuple[float, int]] = deque()
-        self._recent_s, self._recent_requests = 0.0, 0   # their sums, kept as batches come and go
+        # (run time, requests) of the last batches, and the line fitted through them: a batch of
+        # n takes overhead + n * per_request seconds. It predicts waits (admission), and a job
+        # whose deadline falls before its batch would finish is refused rather than computed:
+        # past saturation a FIFO queue otherwise hands the workers only jobs about to expire.
+        self._recent: deque[tuple[float, int]] = deque(maxlen=RATE_WINDOW)
+        self._overhead_s, self._per_request_s = 0.0, 0.0
 
     @property
     def depth(self) -> int:
@@ -109,13 +120,13 @@ class Batcher:
     def predicted_wait_s(self, position: int) -> float:
         """Seconds until a request with ``position`` requests queued ahead of it is answered.
 
-        Replays the collector at the measured per-request service time ``t``: each running
-        batch of n requests frees its worker n*t after it started (at least now); the worker
-        free first takes the next ``max_batch_size`` queued requests, and so on, until the
-        batch holding this request; its wait is that batch's start plus its own run time."""
-        per_request = self._recent_s / max(self._recent_requests, 1)
+        Replays the collector at the measured batch time (``batch_s``): each running batch
+        frees its worker batch_s(n) after it started (at least now); the worker free first
+        takes the next ``max_batch_size`` queued requests, and so on, until the batch holding
+        this request; its wait is that batch's start plus its own run time."""
+        batch_s = self.batch_s
         now = asyncio.get_running_loop().time()
-        free_at = [max(0.0, started + size * per_request - now) for started, size in self._running.values()]
+        free_at = [max(0.0, started + batch_s(size) - now) for started, size in self._running.values()]
         free_at += [0.0] * (self._workers - len(free_at))
         heapq.heapify(free_at)
         ahead = position
@@ -123,9 +134,9 @@ class Batcher:
             start = heapq.heappop(free_at)
             take = min(ahead + 1, self._max_batch_size)
             if take == ahead + 1:
-                return start + take * per_request
+                return start + batch_s(take)
             ahead -= take
-            heapq.heappush(free_at, start + take * per_request)
+            heapq.heappush(free_at, start + batch_s(take))
 
     def refusal(self) -> QueueFullError | None:
         """Why a request arriving now would be refused, or None. A free worker with an empty
@@ -155,14 +166,13 @@ class Batcher:
         except TimeoutError:
             raise DeadlineError(f"no answer within {timeout_s * 1000:.0f} ms") from None
 
+    def batch_s(self, size: int) -> float:
+        """Predicted run time (s) of a batch of ``size`` requests, from the recent batches."""
+        return self._overhead_s + size * self._per_request_s
+
     def _remember(self, took_s: float, size: int) -> None:
         self._recent.append((took_s, size))
-        self._recent_s += took_s
-        self._recent_requests += size
-        if len(self._recent) > RATE_WINDOW:
-            old_s, old_size = self._recent.popleft()
-            self._recent_s -= old_s
-            self._recent_requests -= old_size
+        self._overhead_s, self._per_request_s = fit_batch_time(list(self._recent))
 
     def _take_waiting(self, batch: list[_Job], limit: int) -> None:
         limit = min(limit, self._max_batch_size)
@@ -186,7 +196,8 @@ class Batcher:
 
     def _live(self, batch: list[_Job], now: float) -> list[_Job]:
         """The jobs of ``batch`` still worth computing; the others are refused."""
-        live = [job for job in batch if job.deadline > now + self._batch_s and not job.future.done()]
+        finish = now + self.batch_s(len(batch))
+        live = [job for job in batch if job.deadline > finish and not job.future.done()]
         for job in batch:
             if job not in live:
                 _fail(job, DeadlineError("deadline passed (or would, within a batch) while queued"))
@@ -224,9 +235,7 @@ class Batcher:
         finally:
             del self._running[key]
             self._free.release()
-            took = loop.time() - started
-            self._batch_s = _smooth(self._batch_s, took)
-            self._remember(took, len(live))
+            self._remember(loop.time() - started, len(live))
         for job, result in zip(live, results):
             if isinstance(result, Exception):
                 _fail(job, result)

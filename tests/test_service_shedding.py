@@ -116,3 +116,12 @@ def test_predicted_wait_counts_every_worker():
         await batcher.drain_and_stop()
     asyncio.run(main())
     assert sorted(seen) == ["first", "one", "two"]
+
+
+def test_batch_time_is_a_fitted_overhead_plus_a_per_request_time():
+    from service.batcher import fit_batch_time
+    overhead, per = fit_batch_time([(0.005 + 0.001 * n, n) for n in (1, 2, 8, 1, 30)])
+    assert overhead == pytest.approx(0.005) and per == pytest.approx(0.001)
+    assert fit_batch_time([(0.02, 1), (0.04, 1)]) == (0.0, pytest.approx(0.03))   # one size: mean per request
+    assert fit_batch_time([]) == (0.0, 0.0)
+    assert fit_batch_time([(0.01, 1), (0.002, 8)]) == (pytest.approx(0.006), 0.0)  # never a negative time
