@@ -25,6 +25,7 @@ from model.bundle import BundleError
 from service.metrics import ServiceMetrics
 from service.observability import RequestContextMiddleware
 from service.operations import add_operational_routes
+from service.recall_route import RecallRoute, answer_recall
 from service.schemas import ErrorResponse, LimitError, RecallRequest, RecallResponse, document_limits, to_query
 from service.settings import Settings
 from service.state import ServiceState, Unavailable, get_state
@@ -126,17 +127,12 @@ async def _answer(state: ServiceState, queries, started: float):
 
 
 def _add_recall_routes(app: FastAPI) -> None:
-    @app.post("/recall", response_model=RecallResponse, responses=ERRORS)
     async def recall(body: RecallRequest, request: Request, state: ServiceState = Depends(get_state)):
-        started = time.perf_counter()
-        if body.user_id is not None:
-            request.scope["state"]["user_id"] = body.user_id     # for the request's log line
-        try:
-            query = to_query(body, state.settings)
-        except LimitError as err:
-            raise HTTPException(422, str(err)) from None
-        (answer,) = await _answer(state, [query], started)
-        return _json(answer)
+        # FastAPI's path, taken by requests that are not the common case (service/recall_route.py)
+        return Response(await answer_recall(state, body, request.scope, time.perf_counter()),
+                        media_type="application/json")
+    app.router.add_api_route("/recall", recall, methods=["POST"], response_model=RecallResponse, responses=ERRORS,
+                             route_class_override=RecallRoute)
 
     @app.post("/recall/batch", response_model=list[RecallResponse], responses=ERRORS)
     async def recall_many(body: list[RecallRequest], state: ServiceState = Depends(get_state)):

@@ -362,3 +362,36 @@ def test_cuda_requested_without_a_gpu_is_not_ready_with_the_reason(root):
     alive, ready = asyncio.run(run())
     assert alive.status_code == 200
     assert ready.status_code == 503 and "user_tower.pt" in ready.json()["error"]
+
+
+def test_common_requests_take_the_fast_path_and_others_fastapis_with_the_same_answer(root):
+    """service/recall_route.py answers a JSON body that orjson parses and that validates itself;
+    anything else goes through FastAPI's own parsing. Both reach the same answer function."""
+    from service.recall_route import RecallRoute, parse_common
+
+    json_type = {"type": "http", "headers": [(b"content-type", b"application/json; charset=utf-8")]}
+    assert parse_common(json_type, b'{"history": ["1001"], "top_n": 3}').top_n == 3
+    assert parse_common(json_type, b'{"history": [], "top_n": NaN}') is None            # orjson refuses NaN
+    assert parse_common(json_type, b'{"history": ["\\ud800"]}') is None                   # and lone surrogates
+    assert parse_common(json_type, b'{"top_n": 0}') is None                               # invalid: FastAPI's 422
+    assert parse_common({"type": "http", "headers": [(b"content-type", b"text/plain")]}, b'{"history": []}') is None
+    assert parse_common({"type": "http", "headers": []}, b'{"history": []}') is None
+
+    history = history_of([3, 9, 27, 81])
+    body = '{"history": [%s], "top_n": 15}'
+    common = body % ", ".join(f'"{i}"' for i in history)
+    with_surrogate = body % ", ".join(f'"{i}"' for i in history + ["\\ud800"])  # an unknown id orjson refuses
+    fast, slow, charset = call(settings_for(root),
+                               ("POST", "/recall", {"content": common, "headers": {"content-type": "application/json"}}),
+                               ("POST", "/recall", {"content": with_surrogate,
+                                                    "headers": {"content-type": "application/json"}}),
+                               ("POST", "/recall", {"content": common,
+                                                    "headers": {"content-type": "application/json; charset=utf-8"}}))
+    assert fast.status_code == slow.status_code == charset.status_code == 200
+    assert fast.headers["content-type"] == slow.headers["content-type"] == "application/json"
+    items = [(i["item_id"], i["score"]) for i in fast.json()["items"]]
+    assert len(items) == 15 and [(i["item_id"], i["score"]) for i in slow.json()["items"]] == items
+    assert slow.json()["unknown_items"] == 1 and fast.json()["unknown_items"] == 0
+    assert [(i["item_id"], i["score"]) for i in charset.json()["items"]] == items
+    app = create_app(settings_for(root))
+    assert isinstance(next(r for r in app.routes if getattr(r, "path", "") == "/recall"), RecallRoute)
