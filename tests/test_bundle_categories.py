@@ -238,3 +238,19 @@ def test_reload_of_a_bundle_with_a_bad_category_file_keeps_the_old_one(bundles, 
     assert "still serving" in error and str(bad / ITEM_CATEGORIES) in error
     assert after["model_version"] == before["model_version"] and after["items"] == before["items"]
     assert ready["item_categories"] == "genre"
+
+
+def test_bench_served_curve_counts_categories_through_the_bundle(bundles, capsys):
+    """bench.diversity_curve --bundle: the served lists' category coverage rises with lambda,
+    and withholding the categories from the merge gives less of it at the same lambda."""
+    from bench import diversity_curve
+
+    assert diversity_curve.main(["--bundle", str(bundles["with"]), "--lambdas", "0,2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 0 |") or line.startswith("| 2 |")]
+    served, withheld = rows[:2], rows[2:]
+    assert "categories: 'genre' (12 values" in out and len(withheld) == 2
+    categories = lambda row: float(row[4])                                      # noqa: E731
+    assert categories(served[0]) < categories(served[1])
+    assert categories(withheld[1]) < categories(served[1])
+    assert served[0][:5] == withheld[0][:5]             # lambda 0: the same lists either way
