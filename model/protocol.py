@@ -117,14 +117,9 @@ def interest_diversity(capsules: np.ndarray, active: np.ndarray, item_vectors: n
 
 
 def _indices_to_space(histories: np.ndarray, mapping: np.ndarray | None) -> np.ndarray:
-    """Dataset item indices (U, L) (0 = pad) -> the source's indices; unknown items become pad."""
-    if mapping is None:
-        return histories
-    out = np.zeros_like(histories)
-    real = histories > 0
-    mapped = mapping[histories[real] - 1]                               # source rows, -1 = absent
-    out[real] = np.where(mapped >= 0, mapped + 1, 0)
-    return out
+    """Dataset item indices (U, L) (0 = pad) -> the source's indices; unknown items become pad
+    (index = row + 1, so pad and absent rows, both -1, land on 0)."""
+    return _rows_to_space(histories - 1, mapping) + 1
 
 
 def _rows_to_space(rows: np.ndarray, mapping: np.ndarray | None) -> np.ndarray:
