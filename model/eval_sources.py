@@ -101,14 +101,13 @@ def run_retriever(run_dir: Path, dataset_item_ids: Sequence[str], device: str) -
         model, info = load_run(run_dir)
     except (RunError, OSError, ValueError, KeyError, RuntimeError) as err:
         raise EvaluationError(f"{run_dir}: cannot rebuild the model: {err}") from err
-    config, vocab = info.config, info.vocab
     model = model.to(device).eval()
     with torch.no_grad():
         vectors = model.item_vectors().detach().float().cpu().numpy()[1:]     # (n_items, d)
-    to_source, to_dataset = row_maps(dataset_item_ids, vocab.get("items", [])[1:])
+    to_source, to_dataset = row_maps(dataset_item_ids, info.vocab.get("items", [])[1:])
     profile_vocab = {f: {v: i for i, v in enumerate(values) if i > 0}
-                     for f, values in vocab.get("user_profile", {}).items()}
-    max_len = _max_len(config, run_dir / "config.json")
+                     for f, values in info.vocab.get("user_profile", {}).items()}
+    max_len = _max_len(info.config, run_dir / "config.json")
     retriever = MindRetriever(tower_capsule_fn(model.user_tower(), max_len, device), vectors,
                               to_source, to_dataset, tuple(profile_vocab), profile_vocab)
     return retriever, max_len
