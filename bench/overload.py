@@ -166,12 +166,17 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-async def drill(port: int, pid: int, requests: list[bytes], args) -> dict:
-    normal = await probe_ms(port, requests[0], 50)
-    normal_p90 = await probe_ms(port, requests[0], 50, q=90)
+async def saturate(port: int, pid: int, requests: list[bytes], args) -> dict:
+    """Closed-loop throughput at --saturation-concurrency, and the server's CPU seconds for it."""
     cpu_start = cpu_s(pid)
     saturation = await drive(port, requests, args.saturation_concurrency, args.saturation_seconds, 10**9)
     saturation["server_cpu_s"] = cpu_s(pid) - cpu_start
+    return saturation
+
+
+async def drill(port: int, pid: int, requests: list[bytes], saturation: dict, args) -> dict:
+    normal = await probe_ms(port, requests[0], 50)
+    normal_p90 = await probe_ms(port, requests[0], 50, q=90)
     rate = saturation["rps"] * args.factor
     loop, rss = OpenLoop(port, requests, args.max_connections), [rss_mib(pid)]
 
@@ -194,8 +199,8 @@ def report(r: dict, env: dict, rss_before: float, rss_after: float, alive: bool)
     from service.settings import Settings
     objective = float(env.get("MIND_LATENCY_OBJECTIVE_MS", Settings.model_fields["latency_objective_ms"].default))
     print(f"normal latency (1 connection, sequential): {r['normal_ms']:.2f} ms median, p90 {r['normal_p90_ms']:.2f} ms")
-    print(f"saturation: {sat['rps']:.1f} req/s at concurrency {sat['concurrency']} "
-          f"(p99 {sat['p99']:.1f} ms, statuses {sat['statuses']})")
+    print(f"saturation (same server env, MIND_LATENCY_OBJECTIVE_MS=0): {sat['rps']:.1f} req/s at concurrency "
+          f"{sat['concurrency']} (p99 {sat['p99']:.1f} ms, statuses {sat['statuses']})")
     print(f"overload: target {r['target_rate']:.0f} req/s, offered {r['offered_rate']:.0f} req/s, "
           f"answered {r['answered']}, statuses {r['statuses']}, connection errors {r['errors']} {r['failure_kinds']}, "
           f"unsent (client connection cap) {r['unsent']}")
@@ -231,10 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     ids = json.loads((bundle_path / "item_ids.json").read_text())
     rows = np.random.default_rng(7).integers(0, len(ids), size=(2048, args.history))
     requests = [request_bytes([ids[r] for r in row], args.top_n) for row in rows.tolist()]
+    # Saturation is the service's capacity with every request served: measured on the same
+    # server with no latency objective (with one, a closed loop of 32 users turns into a storm of
+    # instant 503s, and the 'saturation' figure measures refusals instead of capacity).
+    port = free_port()
+    with running_server(bundle_path, port, dict(env, MIND_LATENCY_OBJECTIVE_MS="0"),
+                        args.cache / "overload-saturation.log") as server:
+        saturation = asyncio.run(saturate(port, server.pid, requests, args))
     port = free_port()
     with running_server(bundle_path, port, env, args.cache / "overload-server.log") as server:
         rss_before = rss_mib(server.pid)
-        result = asyncio.run(drill(port, server.pid, requests, args))
+        result = asyncio.run(drill(port, server.pid, requests, saturation, args))
         alive = server.poll() is None
         time.sleep(1)
         report(result, env, rss_before, rss_mib(server.pid) if alive else float("nan"), alive)

@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 log = logging.getLogger("service.batcher")
 RATE_WINDOW = 32                     # batches over which the batch service time is measured
+ERROR_WINDOW = 512                   # answered requests over which the prediction error is measured
+ERROR_QUANTILE = 0.95                # admission margin: this quantile of recent (actual - predicted) waits
 
 
 class QueueFullError(Exception):
@@ -45,6 +47,19 @@ class _Job:
     payload: Any
     deadline: float                  # loop.time() after which the answer is useless
     future: asyncio.Future
+    arrived: float = 0.0             # loop.time() the request reached the service
+    predicted: float | None = None   # predicted seconds from arrival to answer (None: no measurements yet)
+
+
+def error_margin(errors: list[float]) -> float:
+    """The admission margin (s): the ERROR_QUANTILE of recent prediction errors (actual minus
+    predicted time to answer), at least 0. Time before the batcher (parsing, a busy event
+    loop) and a prediction that runs short both show up here, so that a request admitted with
+    predicted + margin <= objective is answered within the objective this often."""
+    if not errors:
+        return 0.0
+    ordered = sorted(errors)
+    return max(0.0, ordered[min(len(ordered) - 1, int(ERROR_QUANTILE * len(ordered)))])
 
 
 def _fail(job: _Job, error: Exception) -> None:
@@ -103,6 +118,8 @@ class Batcher:
         # past saturation a FIFO queue otherwise hands the workers only jobs about to expire.
         self._recent: deque[tuple[float, int]] = deque(maxlen=RATE_WINDOW)
         self._overhead_s, self._per_request_s = 0.0, 0.0
+        self._errors: deque[float] = deque(maxlen=ERROR_WINDOW)   # actual - predicted, answered requests
+        self._margin_s = 0.0
 
     @property
     def depth(self) -> int:
@@ -138,27 +155,31 @@ class Batcher:
             ahead -= take
             heapq.heappush(free_at, start + batch_s(take))
 
-    def refusal(self) -> QueueFullError | None:
-        """Why a request arriving now would be refused, or None. A free worker with an empty
-        queue never refuses: shedding can only shorten queueing, and there is none."""
+    def refusal(self, waited_s: float = 0.0) -> QueueFullError | None:
+        """Why a request arriving now (``waited_s`` after it reached the service) would be
+        refused, or None. A free worker with an empty queue never refuses: shedding can only
+        shorten queueing, and there is none. Otherwise it is refused when the predicted wait
+        plus the margin of recent prediction errors exceeds the latency objective."""
         depth = self._queue.qsize()
         if depth >= self._queue.maxsize:
             return QueueFullError(f"{self._queue.maxsize} requests already queued")
         if self._objective_s <= 0 or (depth == 0 and len(self._running) < self._workers):
             return None
-        wait = self.predicted_wait_s(depth)
-        if wait <= self._objective_s:
+        wait = waited_s + self.predicted_wait_s(depth)
+        if wait + self._margin_s <= self._objective_s:
             return None
-        return QueueFullError(f"predicted wait {wait * 1000:.0f} ms exceeds the latency objective "
-                              f"{self._objective_s * 1000:.0f} ms", reason="latency_objective")
+        return QueueFullError(f"predicted wait {wait * 1000:.0f} ms (+ {self._margin_s * 1000:.0f} ms margin) exceeds "
+                              f"the latency objective {self._objective_s * 1000:.0f} ms", reason="latency_objective")
 
-    async def submit(self, payload: Any, timeout_s: float) -> Any:
-        """Queue ``payload`` and wait for its result; raises QueueFullError or DeadlineError."""
-        refused = self.refusal()
+    async def submit(self, payload: Any, timeout_s: float, waited_s: float = 0.0) -> Any:
+        """Queue ``payload`` (which reached the service ``waited_s`` ago) and wait for its
+        result; raises QueueFullError or DeadlineError."""
+        refused = self.refusal(waited_s)
         if refused is not None:
             raise refused
         loop = asyncio.get_running_loop()
-        job = _Job(payload, loop.time() + timeout_s, loop.create_future())
+        predicted = waited_s + self.predicted_wait_s(self._queue.qsize()) if self._recent else None
+        job = _Job(payload, loop.time() + timeout_s, loop.create_future(), loop.time() - waited_s, predicted)
         self._queue.put_nowait(job)
         try:
             async with asyncio.timeout(timeout_s):
@@ -236,11 +257,15 @@ class Batcher:
             del self._running[key]
             self._free.release()
             self._remember(loop.time() - started, len(live))
+        now = loop.time()
         for job, result in zip(live, results):
             if isinstance(result, Exception):
                 _fail(job, result)
             elif not job.future.done():
                 job.future.set_result(result)
+                if job.predicted is not None:
+                    self._errors.append(now - job.arrived - job.predicted)
+        self._margin_s = error_margin(list(self._errors))
 
     async def drain_and_stop(self, timeout_s: float = 30.0) -> None:
         """Answer everything queued, then stop the collector and the worker threads."""

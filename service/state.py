@@ -168,9 +168,10 @@ class ServiceState:
         Raises Unavailable when not ready, overloaded, or past the request deadline."""
         if self.bundle is None:
             raise Unavailable(f"not ready: {self.not_ready_reason}")
-        remaining_s = self.settings.request_timeout_ms / 1000 - (time.perf_counter() - started)
+        waited_s = time.perf_counter() - started
         try:
-            answer = await self.batcher.submit((query, time.perf_counter()), remaining_s)
+            answer = await self.batcher.submit((query, time.perf_counter()), self.settings.request_timeout_ms / 1000 - waited_s,
+                                               waited_s)
         except QueueFullError as err:
             self.metrics.rejected.labels(reason=err.reason).inc()
             raise Unavailable(f"overloaded: {err}") from None

@@ -125,3 +125,34 @@ def test_batch_time_is_a_fitted_overhead_plus_a_per_request_time():
     assert fit_batch_time([(0.02, 1), (0.04, 1)]) == (0.0, pytest.approx(0.03))   # one size: mean per request
     assert fit_batch_time([]) == (0.0, 0.0)
     assert fit_batch_time([(0.01, 1), (0.002, 8)]) == (pytest.approx(0.006), 0.0)  # never a negative time
+
+
+def test_error_margin_is_a_high_quantile_of_recent_prediction_errors():
+    from service.batcher import error_margin
+    errors = [0.001 * i for i in range(100)]             # 0 .. 99 ms late
+    assert error_margin(errors) == pytest.approx(0.095)
+    assert error_margin([-0.01, -0.02]) == 0.0            # early answers never loosen the objective
+    assert error_margin([]) == 0.0
+
+
+def test_time_spent_before_the_batcher_counts_against_the_objective():
+    """Objective 150 ms, batches of 50 ms: a fresh request arriving while one runs waits at most
+    ~100 ms and is admitted; one that already spent 120 ms reaching the batcher (a busy event
+    loop) is refused."""
+    seen = []
+    slow = slow_worker(seen, 0.05)
+
+    async def main():
+        batcher = Batcher(slow, max_batch_size=8, wait_s=0, max_queue=100, objective_s=0.15)
+        batcher.start()
+        await batcher.submit("teach", 5)                     # idle: admitted, teaches 50 ms
+        running = asyncio.ensure_future(batcher.submit("running", 5))
+        await asyncio.sleep(0.005)
+        fresh = batcher.refusal()
+        late = batcher.refusal(waited_s=0.12)
+        await running
+        await batcher.drain_and_stop()
+        return fresh, late
+    fresh, late = asyncio.run(main())
+    assert fresh is None
+    assert late is not None and late.reason == "latency_objective"
