@@ -6,6 +6,9 @@ everything waiting (up to ``max_batch_size``) and hands it to that worker thread
 FAISS never run on the event loop. ``workers`` threads (each with its own single-threaded
 torch/OpenMP settings, set by ``thread_init`` in the thread itself) run up to that many batches
 at once: two callers on a 2-core machine run in parallel instead of one waiting for the other.
+The most recently used free worker is taken (a lone caller
+always lands on the same thread), and a batch starts beside a running one only while
+overlapping batches get a core each (service/timing.py ``OverlapGate``).
 ``wait_s`` > 0 adds a window for company after a batch that had company (off by default:
 measured, it only added latency; see bench/README.md, "Serving").
 
@@ -18,15 +21,17 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from service.timing import OverlapGate, error_margin, fit_batch_time
+
 log = logging.getLogger("service.batcher")
 RATE_WINDOW = 32                     # batches over which the batch service time is measured
 ERROR_WINDOW = 512                   # answered requests over which the prediction error is measured
-ERROR_QUANTILE = 0.95                # admission margin: this quantile of recent (actual - predicted) waits
 
 
 class QueueFullError(Exception):
@@ -47,19 +52,15 @@ class _Job:
     payload: Any
     deadline: float                  # loop.time() after which the answer is useless
     future: asyncio.Future
-    arrived: float = 0.0             # loop.time() the request reached the service
-    predicted: float | None = None   # predicted seconds from arrival to answer (None: no measurements yet)
+    queued: float = 0.0              # loop.time() it was queued
+    predicted: float | None = None   # predicted seconds from queueing to answer (None: no measurements yet)
 
 
-def error_margin(errors: list[float]) -> float:
-    """The admission margin (s): the ERROR_QUANTILE of recent prediction errors (actual minus
-    predicted time to answer), at least 0. Time before the batcher (parsing, a busy event
-    loop) and a prediction that runs short both show up here, so that a request admitted with
-    predicted + margin <= objective is answered within the objective this often."""
-    if not errors:
-        return 0.0
-    ordered = sorted(errors)
-    return max(0.0, ordered[min(len(ordered) - 1, int(ERROR_QUANTILE * len(ordered)))])
+@dataclass
+class _Running:
+    started: float                   # loop.time()
+    size: int
+    overlapped: bool                 # another batch ran at some time during this one
 
 
 def _fail(job: _Job, error: Exception) -> None:
@@ -68,24 +69,6 @@ def _fail(job: _Job, error: Exception) -> None:
     if not job.future.done():
         job.future.set_exception(error)
         job.future.exception()
-
-
-def fit_batch_time(recent: list[tuple[float, int]]) -> tuple[float, float]:
-    """(overhead s, s per request) of the least-squares line ``took = overhead + per * size``
-    through recent (took s, size) batches, both >= 0: a batch of 8 costs far less than 8
-    batches of 1 (one tower call, one GEMM), which a per-request average over mostly single
-    batches would hide. Batches all of one size: no overhead, the mean per request."""
-    if not recent:
-        return 0.0, 0.0
-    k = len(recent)
-    mean_size = sum(size for _, size in recent) / k
-    mean_took = sum(took for took, _ in recent) / k
-    var = sum((size - mean_size) ** 2 for _, size in recent) / k
-    if var < 1e-9:
-        return 0.0, mean_took / mean_size
-    per = max(0.0, sum((size - mean_size) * (took - mean_took) for took, size in recent) / k / var)
-    overhead = max(0.0, mean_took - per * mean_size)
-    return overhead, per
 
 
 class Batcher:
@@ -104,12 +87,16 @@ class Batcher:
         self._objective_s = objective_s
         self._workers = workers
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
-        # thread_init runs in each worker thread itself: OpenMP thread counts are per thread.
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recall-worker",
-                                            initializer=thread_init)
+        # One single-thread executor per worker; thread_init runs in the worker thread itself:
+        # OpenMP thread counts are per thread.
+        self._executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"recall-worker-{w}",
+                                              initializer=thread_init) for w in range(workers)]
+        self._idle = list(range(workers))[::-1]          # free workers, most recently used last
         self._free: asyncio.Semaphore | None = None      # free workers; created on the loop by start()
+        self._all_idle: asyncio.Event | None = None      # set while no batch runs
+        self._gate = OverlapGate()
         self._task: asyncio.Task | None = None
-        self._running: dict[int, tuple[float, int]] = {}  # batch id -> (loop.time() started, requests)
+        self._running: dict[int, _Running] = {}          # batch id -> its start, size, overlap
         self._in_flight: set[asyncio.Task] = set()
         self._last_size = 0              # requests in the previous batch
         # (run time, requests) of the last batches, and the line fitted through them: a batch of
@@ -130,8 +117,18 @@ class Batcher:
         """Workers running a batch now."""
         return len(self._running)
 
+    @property
+    def overlap_efficiency(self) -> float:
+        """Running CPU share per thread of batches that overlapped (see OverlapGate)."""
+        return self._gate.efficiency
+
+    def _usable_workers(self) -> int:
+        return self._workers if self._gate.open else 1
+
     def start(self) -> None:
         self._free = asyncio.Semaphore(self._workers)
+        self._all_idle = asyncio.Event()
+        self._all_idle.set()
         self._task = asyncio.get_running_loop().create_task(self._collect(), name="batcher")
 
     def predicted_wait_s(self, position: int) -> float:
@@ -143,8 +140,8 @@ class Batcher:
         this request; its wait is that batch's start plus its own run time."""
         batch_s = self.batch_s
         now = asyncio.get_running_loop().time()
-        free_at = [max(0.0, started + batch_s(size) - now) for started, size in self._running.values()]
-        free_at += [0.0] * (self._workers - len(free_at))
+        free_at = [max(0.0, run.started + batch_s(run.size) - now) for run in self._running.values()]
+        free_at += [0.0] * (self._usable_workers() - len(free_at))
         heapq.heapify(free_at)
         ahead = position
         while True:
@@ -163,7 +160,7 @@ class Batcher:
         depth = self._queue.qsize()
         if depth >= self._queue.maxsize:
             return QueueFullError(f"{self._queue.maxsize} requests already queued")
-        if self._objective_s <= 0 or (depth == 0 and len(self._running) < self._workers):
+        if self._objective_s <= 0 or (depth == 0 and len(self._running) < self._usable_workers()):
             return None
         wait = waited_s + self.predicted_wait_s(depth)
         if wait + self._margin_s <= self._objective_s:
@@ -178,8 +175,8 @@ class Batcher:
         if refused is not None:
             raise refused
         loop = asyncio.get_running_loop()
-        predicted = waited_s + self.predicted_wait_s(self._queue.qsize()) if self._recent else None
-        job = _Job(payload, loop.time() + timeout_s, loop.create_future(), loop.time() - waited_s, predicted)
+        predicted = self.predicted_wait_s(self._queue.qsize()) if self._recent else None
+        job = _Job(payload, loop.time() + timeout_s, loop.create_future(), loop.time(), predicted)
         self._queue.put_nowait(job)
         try:
             async with asyncio.timeout(timeout_s):
@@ -207,7 +204,7 @@ class Batcher:
         # queued together are shared among the free workers (this one included), so two
         # callers arriving at once at two idle workers run in parallel, not in one batch.
         batch = [await self._queue.get()]
-        free = max(1, self._workers - len(self._running))
+        free = max(1, self._usable_workers() - len(self._running))
         self._take_waiting(batch, -(-(1 + self._queue.qsize()) // free))
         if len(batch) < self._max_batch_size and self._wait_s > 0 and self._last_size > 1:
             await asyncio.sleep(self._wait_s)
@@ -225,11 +222,14 @@ class Batcher:
         return live
 
     async def _collect(self) -> None:
-        """Wait for a free worker, then give it everything queued (up to a batch)."""
+        """Wait for a free worker (and, beside a running batch, for the overlap gate), then
+        give it everything queued (up to a batch)."""
         loop = asyncio.get_running_loop()
         while True:
             await self._free.acquire()
             try:
+                while self._running and not self._gate.allows(loop.time()):
+                    await self._all_idle.wait()
                 batch = await self._next_batch()
             except asyncio.CancelledError:
                 self._free.release()
@@ -238,34 +238,51 @@ class Batcher:
             if not live:
                 self._free.release()
                 continue
+            for run in self._running.values():
+                run.overlapped = True
             key = id(live)
-            self._running[key] = (loop.time(), len(live))      # busy from now: the next batch sees it
-            task = loop.create_task(self._execute(key, live))
+            self._running[key] = _Running(loop.time(), len(live), bool(self._running))   # busy from now
+            self._all_idle.clear()
+            task = loop.create_task(self._execute(key, live, self._idle.pop()))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-    async def _execute(self, key: int, live: list[_Job]) -> None:
-        """Run one batch on a worker thread, record its time, answer its callers."""
+    def _timed_batch(self, payloads: list) -> tuple[list, float]:
+        """In the worker thread: the batch's results and the CPU seconds the thread spent."""
+        cpu = time.thread_time()
+        results = self._run_batch(payloads)
+        return results, time.thread_time() - cpu
+
+    async def _execute(self, key: int, live: list[_Job], worker: int) -> None:
+        """Run one batch on worker ``worker``'s thread, record its time, answer its callers."""
         loop = asyncio.get_running_loop()
-        started = self._running[key][0]
+        run = self._running[key]
         try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, [job.payload for job in live])
+            results, cpu_s = await loop.run_in_executor(self._executors[worker], self._timed_batch,
+                                                        [job.payload for job in live])
+            if run.overlapped:
+                self._gate.record(cpu_s, loop.time() - run.started)
         except Exception as err:  # one bad batch must not stop the service; every caller sees it
             log.exception("batch of %d failed", len(live))
             results = [err] * len(live)
         finally:
             del self._running[key]
+            self._idle.append(worker)
+            if not self._running:
+                self._all_idle.set()
             self._free.release()
-            self._remember(loop.time() - started, len(live))
-        now = loop.time()
+            self._remember(loop.time() - run.started, len(live))
+        self._answer(live, results, loop.time())
+
+    def _answer(self, live: list[_Job], results: list, now: float) -> None:
         for job, result in zip(live, results):
             if isinstance(result, Exception):
                 _fail(job, result)
             elif not job.future.done():
                 job.future.set_result(result)
                 if job.predicted is not None:
-                    self._errors.append(now - job.arrived - job.predicted)
-        self._margin_s = error_margin(list(self._errors))
+                    self._errors.append(now - job.queued - job.predicted)
+        self._margin_s = error_margin(list(self._errors), self._objective_s)
 
     async def drain_and_stop(self, timeout_s: float = 30.0) -> None:
         """Answer everything queued, then stop the collector and the worker threads."""
@@ -279,4 +296,5 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass  # the collector's normal way out
-        self._executor.shutdown(wait=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)

@@ -149,6 +149,7 @@ class ServiceState:
                                thread_init=self._configure_compute)
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.metrics.busy_workers.set_function(lambda: self.batcher.busy)
+        self.metrics.overlap_efficiency.set_function(lambda: self.batcher.overlap_efficiency)
         self.batcher.start()
 
     async def stop(self) -> None:

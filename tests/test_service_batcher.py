@@ -139,3 +139,20 @@ def test_busy_workers_queue_requests_into_the_next_free_one():
         return done
     assert run(main()) == ["a", "b", "c", "d", "e"]
     assert sorted(map(len, batches)) == [1, 1, 3]
+
+
+def test_a_lone_caller_always_lands_on_the_same_worker():
+    threads = []
+
+    def work(payloads):
+        threads.append(threading.current_thread().name)
+        return payloads
+
+    async def main():
+        batcher = Batcher(work, max_batch_size=8, wait_s=0, max_queue=10, workers=2)
+        batcher.start()
+        answers = [await batcher.submit(i, 5) for i in range(6)]
+        await batcher.drain_and_stop()
+        return answers
+    assert run(main()) == list(range(6))
+    assert len(threads) == 6 and len(set(threads)) == 1

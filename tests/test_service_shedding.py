@@ -119,7 +119,7 @@ def test_predicted_wait_counts_every_worker():
 
 
 def test_batch_time_is_a_fitted_overhead_plus_a_per_request_time():
-    from service.batcher import fit_batch_time
+    from service.timing import fit_batch_time
     overhead, per = fit_batch_time([(0.005 + 0.001 * n, n) for n in (1, 2, 8, 1, 30)])
     assert overhead == pytest.approx(0.005) and per == pytest.approx(0.001)
     assert fit_batch_time([(0.02, 1), (0.04, 1)]) == (0.0, pytest.approx(0.03))   # one size: mean per request
@@ -128,11 +128,30 @@ def test_batch_time_is_a_fitted_overhead_plus_a_per_request_time():
 
 
 def test_error_margin_is_a_high_quantile_of_recent_prediction_errors():
-    from service.batcher import error_margin
+    from service.timing import error_margin
     errors = [0.001 * i for i in range(100)]             # 0 .. 99 ms late
-    assert error_margin(errors) == pytest.approx(0.095)
-    assert error_margin([-0.01, -0.02]) == 0.0            # early answers never loosen the objective
-    assert error_margin([]) == 0.0
+    assert error_margin(errors, 1.0) == pytest.approx(0.095)
+    assert error_margin(errors, 0.1) == pytest.approx(0.05)   # at most half the objective
+    assert error_margin([-0.01, -0.02], 1.0) == 0.0       # early answers never loosen the objective
+    assert error_margin([], 1.0) == 0.0
+
+
+def test_overlap_gate_closes_when_overlapping_batches_share_a_core_and_probes_again():
+    from service.timing import PROBE_INTERVAL_S, OverlapGate
+    gate = OverlapGate()
+    assert gate.allows(0.0)
+    for _ in range(5):
+        gate.record(cpu_s=0.9, wall_s=1.0)                 # each had its own core
+    assert gate.open and gate.allows(0.0)
+    for _ in range(5):
+        gate.record(cpu_s=0.4, wall_s=1.0)                 # two batches on one core's worth of time
+    assert not gate.open
+    assert gate.allows(100.0)                              # a probe
+    assert not gate.allows(100.0 + PROBE_INTERVAL_S / 2)   # not again so soon
+    assert gate.allows(100.0 + PROBE_INTERVAL_S)
+    for _ in range(10):
+        gate.record(cpu_s=1.0, wall_s=1.0)                 # the cores came back
+    assert gate.open
 
 
 def test_time_spent_before_the_batcher_counts_against_the_objective():

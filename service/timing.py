@@ -1,0 +1,76 @@
+"""What the batcher learns from the batches it ran: how long a batch of n takes, how far its
+predictions of a request's wait fall short, and whether two batches at once each get a core.
+
+Pure functions and one small stateful gate; no asyncio, no threads.
+"""
+from __future__ import annotations
+
+ERROR_QUANTILE = 0.95          # admission margin: this quantile of recent (actual - predicted) times to answer
+MAX_MARGIN_SHARE = 0.5         # the margin never takes more than this share of the objective
+PARALLEL_EFFICIENCY = 0.7      # overlapping batches must get this share of a core each (CPU time / wall time)
+EFFICIENCY_SMOOTHING = 0.3     # weight of the newest overlapping batch in the running efficiency
+PROBE_INTERVAL_S = 1.0         # while overlap does not pay, one overlapping batch this often measures again
+
+
+def fit_batch_time(recent: list[tuple[float, int]]) -> tuple[float, float]:
+    """(overhead s, s per request) of the least-squares line ``took = overhead + per * size``
+    through recent (took s, size) batches, both >= 0: a batch of 8 costs far less than 8
+    batches of 1 (one tower call, one GEMM), which a per-request average over mostly single
+    batches would hide. Batches all of one size: no overhead, the mean per request."""
+    if not recent:
+        return 0.0, 0.0
+    k = len(recent)
+    mean_size = sum(size for _, size in recent) / k
+    mean_took = sum(took for took, _ in recent) / k
+    var = sum((size - mean_size) ** 2 for _, size in recent) / k
+    if var < 1e-9:
+        return 0.0, mean_took / mean_size
+    per = max(0.0, sum((size - mean_size) * (took - mean_took) for took, size in recent) / k / var)
+    overhead = max(0.0, mean_took - per * mean_size)
+    return overhead, per
+
+
+def error_margin(errors: list[float], objective_s: float) -> float:
+    """The admission margin (s): the ERROR_QUANTILE of recent prediction errors (actual minus
+    predicted time from queueing to answer), within 0 .. MAX_MARGIN_SHARE x objective, so that
+    a request admitted with predicted + margin <= objective is answered within it this often.
+    Capped: with clients that retry refusals at once, an unbounded margin would feed itself
+    (refusals busy the event loop, answers come later, the margin grows, more refusals)."""
+    if not errors:
+        return 0.0
+    ordered = sorted(errors)
+    quantile = ordered[min(len(ordered) - 1, int(ERROR_QUANTILE * len(ordered)))]
+    return min(max(0.0, quantile), MAX_MARGIN_SHARE * objective_s)
+
+
+class OverlapGate:
+    """Whether a batch may start while another runs: only while batches that overlapped got,
+    on average, PARALLEL_EFFICIENCY of a core each (their thread's CPU time over wall time).
+    On a machine whose cores are taken by other work, two batches at once only split one
+    core's worth of time and each runs on half the rows it could have; one at a time then
+    makes bigger batches. While overlap does not pay, one probe every PROBE_INTERVAL_S
+    measures again, so the gate opens when the cores come back."""
+
+    def __init__(self) -> None:
+        self.efficiency = 1.0
+        self._last_probe = float("-inf")
+
+    @property
+    def open(self) -> bool:
+        """Overlap pays (no probe needed)."""
+        return self.efficiency >= PARALLEL_EFFICIENCY
+
+    def allows(self, now: float) -> bool:
+        """May a batch start beside a running one now (a probe counts as a yes)?"""
+        if self.open:
+            return True
+        if now - self._last_probe >= PROBE_INTERVAL_S:
+            self._last_probe = now
+            return True
+        return False
+
+    def record(self, cpu_s: float, wall_s: float) -> None:
+        """One batch that overlapped another: its worker thread's CPU and wall seconds."""
+        if wall_s > 0:
+            share = min(1.0, cpu_s / wall_s)
+            self.efficiency = (1 - EFFICIENCY_SMOOTHING) * self.efficiency + EFFICIENCY_SMOOTHING * share
