@@ -19,7 +19,6 @@ exceeds the latency objective, so the requests that are accepted meet it.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 from collections import deque
@@ -27,11 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from service.timing import OverlapGate, error_margin, fit_batch_time
+from service.timing import OverlapGate, error_margin, fit_batch_time, replay_wait
 
 log = logging.getLogger("service.batcher")
 RATE_WINDOW = 32                     # batches over which the batch service time is measured
 ERROR_WINDOW = 512                   # answered requests over which the prediction error is measured
+ARRIVAL_WINDOW = 64                  # queued requests over which the arrival rate is measured
 
 
 class QueueFullError(Exception):
@@ -104,6 +104,7 @@ class Batcher:
         # whose deadline falls before its batch would finish is refused rather than computed:
         # past saturation a FIFO queue otherwise hands the workers only jobs about to expire.
         self._recent: deque[tuple[float, int]] = deque(maxlen=RATE_WINDOW)
+        self._arrivals: deque[float] = deque(maxlen=ARRIVAL_WINDOW)   # loop.time() of the last queued requests
         self._overhead_s, self._per_request_s = 0.0, 0.0
         self._errors: deque[float] = deque(maxlen=ERROR_WINDOW)   # actual - predicted, answered requests
         self._margin_s = 0.0
@@ -132,25 +133,12 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._collect(), name="batcher")
 
     def predicted_wait_s(self, position: int) -> float:
-        """Seconds until a request with ``position`` requests queued ahead of it is answered.
-
-        Replays the collector at the measured batch time (``batch_s``): each running batch
-        frees its worker batch_s(n) after it started (at least now); the worker free first
-        takes the next ``max_batch_size`` queued requests, and so on, until the batch holding
-        this request; its wait is that batch's start plus its own run time."""
-        batch_s = self.batch_s
+        """Seconds until a request with ``position`` requests queued ahead of it is answered
+        (service/timing.py ``replay_wait`` over the running batches and usable workers)."""
         now = asyncio.get_running_loop().time()
-        free_at = [max(0.0, run.started + batch_s(run.size) - now) for run in self._running.values()]
-        free_at += [0.0] * (self._usable_workers() - len(free_at))
-        heapq.heapify(free_at)
-        ahead = position
-        while True:
-            start = heapq.heappop(free_at)
-            take = min(ahead + 1, self._max_batch_size)
-            if take == ahead + 1:
-                return start + batch_s(take)
-            ahead -= take
-            heapq.heappush(free_at, start + batch_s(take))
+        left = [max(0.0, run.started + self.batch_s(run.size) - now) for run in self._running.values()]
+        left += [0.0] * (self._usable_workers() - len(left))
+        return replay_wait(left, position, self._max_batch_size, self.batch_s, self.arrival_rate(now))
 
     def refusal(self, waited_s: float = 0.0) -> QueueFullError | None:
         """Why a request arriving now (``waited_s`` after it reached the service) would be
@@ -168,6 +156,12 @@ class Batcher:
         return QueueFullError(f"predicted wait {wait * 1000:.0f} ms (+ {self._margin_s * 1000:.0f} ms margin) exceeds "
                               f"the latency objective {self._objective_s * 1000:.0f} ms", reason="latency_objective")
 
+    def arrival_rate(self, now: float) -> float:
+        """Requests queued per second, over the last ARRIVAL_WINDOW ones (0 until two)."""
+        if len(self._arrivals) < 2:
+            return 0.0
+        return (len(self._arrivals) - 1) / max(now - self._arrivals[0], 1e-3)
+
     async def submit(self, payload: Any, timeout_s: float, waited_s: float = 0.0) -> Any:
         """Queue ``payload`` (which reached the service ``waited_s`` ago) and wait for its
         result; raises QueueFullError or DeadlineError."""
@@ -177,6 +171,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         predicted = self.predicted_wait_s(self._queue.qsize()) if self._recent else None
         job = _Job(payload, loop.time() + timeout_s, loop.create_future(), loop.time(), predicted)
+        self._arrivals.append(job.queued)
         self._queue.put_nowait(job)
         try:
             async with asyncio.timeout(timeout_s):

@@ -122,7 +122,7 @@ def test_batch_time_is_a_fitted_overhead_plus_a_per_request_time():
     from service.timing import fit_batch_time
     overhead, per = fit_batch_time([(0.005 + 0.001 * n, n) for n in (1, 2, 8, 1, 30)])
     assert overhead == pytest.approx(0.005) and per == pytest.approx(0.001)
-    assert fit_batch_time([(0.02, 1), (0.04, 1)]) == (0.0, pytest.approx(0.03))   # one size: mean per request
+    assert fit_batch_time([(0.02, 1), (0.04, 1)]) == (pytest.approx(0.03), 0.0)   # one size: all overhead
     assert fit_batch_time([]) == (0.0, 0.0)
     assert fit_batch_time([(0.01, 1), (0.002, 8)]) == (pytest.approx(0.006), 0.0)  # never a negative time
 
@@ -131,7 +131,7 @@ def test_error_margin_is_a_high_quantile_of_recent_prediction_errors():
     from service.timing import error_margin
     errors = [0.001 * i for i in range(100)]             # 0 .. 99 ms late
     assert error_margin(errors, 1.0) == pytest.approx(0.095)
-    assert error_margin(errors, 0.1) == pytest.approx(0.05)   # at most half the objective
+    assert error_margin(errors, 0.1) == pytest.approx(0.025)  # at most a quarter of the objective
     assert error_margin([-0.01, -0.02], 1.0) == 0.0       # early answers never loosen the objective
     assert error_margin([], 1.0) == 0.0
 
@@ -175,3 +175,16 @@ def test_time_spent_before_the_batcher_counts_against_the_objective():
     fresh, late = asyncio.run(main())
     assert fresh is None
     assert late is not None and late.reason == "latency_objective"
+
+
+def test_replayed_wait_follows_the_workers_the_batch_limit_and_arrivals():
+    from service.timing import replay_wait
+
+    def ten_ms_a_request(n):
+        return 0.01 * n
+    assert replay_wait([0.0], 0, 64, ten_ms_a_request, 0.0) == pytest.approx(0.01)            # free worker
+    assert replay_wait([0.05], 3, 64, ten_ms_a_request, 0.0) == pytest.approx(0.05 + 0.04)    # behind 3, after 50 ms
+    assert replay_wait([0.05, 0.02], 3, 64, ten_ms_a_request, 0.0) == pytest.approx(0.02 + 0.04)  # the sooner worker
+    assert replay_wait([0.0], 5, 4, ten_ms_a_request, 0.0) == pytest.approx(0.04 + 0.02)      # second batch of 4 max
+    # arrivals at 100/s during the 50 ms before its batch starts join it: 4 + 5 requests
+    assert replay_wait([0.05], 3, 64, ten_ms_a_request, 100.0) == pytest.approx(0.05 + 0.09)
