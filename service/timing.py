@@ -10,7 +10,7 @@ from typing import Callable
 
 ERROR_QUANTILE = 0.95          # admission margin: this quantile of recent (actual - predicted) times to answer
 MAX_MARGIN_SHARE = 0.25        # the margin never takes more than this share of the objective
-PARALLEL_EFFICIENCY = 0.7      # overlapping batches must get this share of a core each (CPU time / wall time)
+PARALLEL_EFFICIENCY = 0.5      # overlapping batches must get over half a core each (CPU time / wall time): together more than one
 EFFICIENCY_SMOOTHING = 0.3     # weight of the newest overlapping batch in the running efficiency
 PROBE_INTERVAL_S = 1.0         # while overlap does not pay, one overlapping batch this often measures again
 
