@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.client == "wrk":
         bodies = [request_body([ids[r] for r in row], args.top_n) for row in rows[:256].tolist()]
         script = wrk_client.write_script(args.cache / "load-wrk.lua", bodies)
-        client = f"wrk, one thread, keep-alive ({shlex.join(wrk_client.command(0, script, 1, args.seconds))}, per level)"
+        shown = wrk_client.command(0, Path("load-wrk.lua"), 1, args.seconds)
+        client = f"wrk, one thread, keep-alive ({shlex.join(shown)} per level, the script in --cache)"
     else:
         client = "bench/load.py's asyncio keep-alive client, another process"
     print(f"catalogue {args.items} x d={args.dim}, K={args.interests}, history {args.history}, "
