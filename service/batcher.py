@@ -8,7 +8,7 @@ torch/OpenMP settings, set by ``thread_init`` in the thread itself) run up to th
 at once: two callers on a 2-core machine run in parallel instead of one waiting for the other.
 The most recently used free worker is taken (a lone caller
 always lands on the same thread), and a batch starts beside a running one only while
-overlapping batches get a core each (service/timing.py ``OverlapGate``).
+overlapping batches together get more core time than one alone (service/timing.py ``OverlapGate``).
 ``wait_s`` > 0 adds a window for company after a batch that had company (off by default:
 measured, it only added latency; see bench/README.md, "Serving").
 
@@ -94,7 +94,7 @@ class Batcher:
         self._idle = list(range(workers))[::-1]          # free workers, most recently used last
         self._free: asyncio.Semaphore | None = None      # free workers; created on the loop by start()
         self._all_idle: asyncio.Event | None = None      # set while no batch runs
-        self._gate = OverlapGate()
+        self._gate = OverlapGate(workers)
         self._task: asyncio.Task | None = None
         self._running: dict[int, _Running] = {}          # batch id -> its start, size, overlap
         self._in_flight: set[asyncio.Task] = set()
@@ -242,21 +242,21 @@ class Batcher:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-    def _timed_batch(self, payloads: list) -> tuple[list, float]:
-        """In the worker thread: the batch's results and the CPU seconds the thread spent."""
-        cpu = time.thread_time()
+    def _timed_batch(self, payloads: list) -> tuple[list, float, float]:
+        """In the worker thread: the batch's results, and the CPU and wall seconds the thread
+        spent on it (wall taken here: the hand-offs to and from the loop are no core's work)."""
+        cpu, wall = time.thread_time(), time.perf_counter()
         results = self._run_batch(payloads)
-        return results, time.thread_time() - cpu
+        return results, time.thread_time() - cpu, time.perf_counter() - wall
 
     async def _execute(self, key: int, live: list[_Job], worker: int) -> None:
         """Run one batch on worker ``worker``'s thread, record its time, answer its callers."""
         loop = asyncio.get_running_loop()
         run = self._running[key]
         try:
-            results, cpu_s = await loop.run_in_executor(self._executors[worker], self._timed_batch,
-                                                        [job.payload for job in live])
-            if run.overlapped:
-                self._gate.record(cpu_s, loop.time() - run.started)
+            results, cpu_s, wall_s = await loop.run_in_executor(self._executors[worker], self._timed_batch,
+                                                                [job.payload for job in live])
+            self._gate.record(cpu_s, wall_s, run.overlapped)
         except Exception as err:  # one bad batch must not stop the service; every caller sees it
             log.exception("batch of %d failed", len(live))
             results = [err] * len(live)

@@ -46,7 +46,7 @@ class ServiceMetrics:
                                   "(of MIND_BATCH_WORKERS)", registry=registry)
         self.overlap_efficiency = Gauge("mind_recall_overlap_efficiency",
                                         "CPU share per thread of batches that ran beside another (running average); "
-                                        "at or below 0.5 batches run one at a time", registry=registry)
+                                        "batches run one at a time while the overlap does not pay (service/timing.py)", registry=registry)
         self.model = Info("mind_recall_model", "the bundle being served", registry=registry)
         self.reloads = Counter("mind_recall_reloads", "bundle (re)loads by result", ["result"], registry=registry)
         self.ready = Gauge("mind_recall_ready", "1 once a bundle is loaded and warmed up (GET /readyz answers 200)",

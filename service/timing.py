@@ -10,7 +10,7 @@ from typing import Callable
 
 ERROR_QUANTILE = 0.95          # admission margin: this quantile of recent (actual - predicted) times to answer
 MAX_MARGIN_SHARE = 0.25        # the margin never takes more than this share of the objective
-PARALLEL_EFFICIENCY = 0.5      # overlapping batches must get over half a core each (CPU time / wall time): together more than one
+OVERLAP_GAIN = 1.2             # batches at once must together get this many times a lone batch's core time
 EFFICIENCY_SMOOTHING = 0.3     # weight of the newest overlapping batch in the running efficiency
 PROBE_INTERVAL_S = 1.0         # while overlap does not pay, one overlapping batch this often measures again
 
@@ -72,21 +72,23 @@ def error_margin(errors: list[float], objective_s: float) -> float:
 
 
 class OverlapGate:
-    """Whether a batch may start while another runs: only while batches that overlapped got,
-    on average, PARALLEL_EFFICIENCY of a core each (their thread's CPU time over wall time).
-    On a machine whose cores are taken by other work, two batches at once only split one
-    core's worth of time and each runs on half the rows it could have; one at a time then
-    makes bigger batches. While overlap does not pay, one probe every PROBE_INTERVAL_S
-    measures again, so the gate opens when the cores come back."""
+    """Whether a batch may start while others run: only while n overlapping batches together
+    got at least OVERLAP_GAIN times the core time of a lone batch (each thread's CPU time over
+    its wall time, running averages): n x overlapped >= OVERLAP_GAIN x lone. When the cores are
+    taken by other work, batches at once only split the same core time and each runs on fewer
+    rows; one at a time then makes bigger batches. While overlap does not pay, one probe every
+    PROBE_INTERVAL_S measures again, so the gate opens when the cores come back."""
 
-    def __init__(self) -> None:
-        self.efficiency = 1.0
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.efficiency = 1.0            # CPU share of a thread whose batch overlapped another
+        self.lone_efficiency = 1.0       # CPU share of a thread whose batch ran alone
         self._last_probe = float("-inf")
 
     @property
     def open(self) -> bool:
         """Overlap pays (no probe needed)."""
-        return self.efficiency >= PARALLEL_EFFICIENCY
+        return self.workers * self.efficiency >= OVERLAP_GAIN * self.lone_efficiency
 
     def allows(self, now: float) -> bool:
         """May a batch start beside a running one now (a probe counts as a yes)?"""
@@ -97,8 +99,15 @@ class OverlapGate:
             return True
         return False
 
-    def record(self, cpu_s: float, wall_s: float) -> None:
-        """One batch that overlapped another: its worker thread's CPU and wall seconds."""
+    def record(self, cpu_s: float, wall_s: float, overlapped: bool) -> None:
+        """One batch: its worker thread's CPU and wall seconds, and whether another ran beside it."""
         if wall_s > 0:
             share = min(1.0, cpu_s / wall_s)
-            self.efficiency = (1 - EFFICIENCY_SMOOTHING) * self.efficiency + EFFICIENCY_SMOOTHING * share
+            if overlapped:
+                self.efficiency = _smooth(self.efficiency, share)
+            else:
+                self.lone_efficiency = _smooth(self.lone_efficiency, share)
+
+
+def _smooth(average: float, value: float) -> float:
+    return (1 - EFFICIENCY_SMOOTHING) * average + EFFICIENCY_SMOOTHING * value

@@ -138,20 +138,21 @@ def test_error_margin_is_a_high_quantile_of_recent_prediction_errors():
 
 def test_overlap_gate_closes_when_overlapping_batches_share_a_core_and_probes_again():
     from service.timing import PROBE_INTERVAL_S, OverlapGate
-    gate = OverlapGate()
+    gate = OverlapGate(workers=2)
     assert gate.allows(0.0)
     for _ in range(5):
-        gate.record(cpu_s=0.9, wall_s=1.0)                 # each had its own core
+        gate.record(cpu_s=0.95, wall_s=1.0, overlapped=False)   # a lone batch gets a core
+        gate.record(cpu_s=0.9, wall_s=1.0, overlapped=True)     # and so does each of two at once
     assert gate.open and gate.allows(0.0)
-    for _ in range(5):
-        gate.record(cpu_s=0.4, wall_s=1.0)                 # two batches on one core's worth of time
+    for _ in range(8):
+        gate.record(cpu_s=0.45, wall_s=1.0, overlapped=True)    # two at once split one core
     assert not gate.open
-    assert gate.allows(100.0)                              # a probe
-    assert not gate.allows(100.0 + PROBE_INTERVAL_S / 2)   # not again so soon
+    assert gate.allows(100.0)                                   # a probe
+    assert not gate.allows(100.0 + PROBE_INTERVAL_S / 2)        # not again so soon
     assert gate.allows(100.0 + PROBE_INTERVAL_S)
-    for _ in range(10):
-        gate.record(cpu_s=1.0, wall_s=1.0)                 # the cores came back
-    assert gate.open
+    for _ in range(8):
+        gate.record(cpu_s=0.4, wall_s=1.0, overlapped=False)    # the machine is busy: a lone batch gets 0.4
+    assert gate.open                                            # two at once (0.45 each) still get more
 
 
 def test_time_spent_before_the_batcher_counts_against_the_objective():
