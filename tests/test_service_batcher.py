@@ -156,3 +156,31 @@ def test_a_lone_caller_always_lands_on_the_same_worker():
         return answers
     assert run(main()) == list(range(6))
     assert len(threads) == 6 and len(set(threads)) == 1
+
+
+def test_many_callers_batch_on_one_worker_instead_of_splitting():
+    """Two workers, five requests at once (more than two per worker in flight): one batch of
+    five, and a sixth arriving meanwhile waits for it rather than starting the idle worker."""
+    release, batches = threading.Event(), []
+
+    def work(payloads):
+        batches.append(list(payloads))
+        if "x" not in payloads:
+            release.wait(5)
+        return payloads
+
+    async def main():
+        batcher = Batcher(work, max_batch_size=8, wait_s=0, max_queue=10, workers=2)
+        batcher.start()
+        first = [asyncio.ensure_future(batcher.submit(i, 10)) for i in range(5)]
+        while batcher.busy < 1:
+            await asyncio.sleep(0.005)
+        late = asyncio.ensure_future(batcher.submit("x", 10))
+        await asyncio.sleep(0.05)
+        assert batcher.busy == 1 and batcher.depth == 1
+        release.set()
+        done = await asyncio.gather(*first, late)
+        await batcher.drain_and_stop()
+        return done
+    assert run(main()) == [0, 1, 2, 3, 4, "x"]
+    assert batches == [[0, 1, 2, 3, 4], ["x"]]

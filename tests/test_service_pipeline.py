@@ -107,7 +107,10 @@ def test_same_request_same_ids_alone_and_among_mixed_batch_mates(bundle_dir, wor
         state.start()
         await state.load(bundle_dir)
         alone = [await state.recall(probe, time.perf_counter()) for _ in range(2)]
-        crowds = []
+        # a mate and the probe at once: with two workers they run side by side, the probe on
+        # the second worker; crowds beyond that run as batches on one worker at a time
+        pair = await asyncio.gather(state.recall(mate(99), time.perf_counter()), state.recall(probe, time.perf_counter()))
+        crowds = [pair[1]]
         for size in (2, 6, 13, 30, 63):
             mates = [mate(i) for i in range(size)]
             queries = mates[: size // 2] + [probe] + mates[size // 2:]
