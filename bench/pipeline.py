@@ -111,7 +111,7 @@ def measure(bundle: Bundle, batch_size: int, histories: list[list[str]], top_n: 
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         served = sum(pool.map(lambda w: _run_batches(bundle, queries, batch_size, start + seconds, w * 997, options,
-                                                     settings if workers > 1 else None, latencies), range(workers)))
+                                                     settings, latencies), range(workers)))
     elapsed = time.perf_counter() - start
     ms = np.asarray(latencies) * 1000
     return {"batch": batch_size, "rps": served / elapsed, "p50_ms": float(np.percentile(ms, 50)),
