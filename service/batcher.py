@@ -6,9 +6,9 @@ everything waiting (up to ``max_batch_size``) and hands it to that worker thread
 FAISS never run on the event loop. ``workers`` threads (each with its own single-threaded
 torch/OpenMP settings, set by ``thread_init`` in the thread itself) run up to that many batches
 at once: two callers on a 2-core machine run in parallel instead of one waiting for the other.
-The most recently used free worker is taken (a lone caller
-always lands on the same thread), and a batch starts beside a running one only while
-overlapping batches together get more core time than one alone (service/timing.py ``OverlapGate``).
+The most recently used free worker is taken (a lone caller always lands on the same thread);
+a batch starts beside a running one only with few requests in flight, and while overlapping
+batches together get more core time than one alone (service/timing.py ``OverlapGate``).
 ``wait_s`` > 0 adds a window for company after a batch that had company (off by default:
 measured, it only added latency; see bench/README.md, "Serving").
 
@@ -32,8 +32,6 @@ log = logging.getLogger("service.batcher")
 RATE_WINDOW = 32                     # batches over which the batch service time is measured
 ERROR_WINDOW = 512                   # answered requests over which the prediction error is measured
 ARRIVAL_WINDOW = 64                  # queued requests over which the arrival rate is measured
-OVERLAP_IN_FLIGHT = 1                # a batch starts beside a running one only with at most this many
-                                     # requests per worker in flight (running or queued)
 
 
 class QueueFullError(Exception):
@@ -81,13 +79,14 @@ class Batcher:
     """
 
     def __init__(self, run_batch: Callable[[list], list], *, max_batch_size: int, wait_s: float,
-                 max_queue: int, objective_s: float = 0.0, workers: int = 1,
+                 max_queue: int, objective_s: float = 0.0, workers: int = 1, overlap_in_flight: int = 1,
                  thread_init: Callable[[], None] | None = None) -> None:
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._wait_s = wait_s
         self._objective_s = objective_s
         self._workers = workers
+        self._overlap_in_flight = overlap_in_flight      # per worker; 0: no limit
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
         # One single-thread executor per worker; thread_init runs in the worker thread itself:
         # OpenMP thread counts are per thread.
@@ -126,12 +125,13 @@ class Batcher:
         return self._gate.efficiency
 
     def _few_in_flight(self) -> bool:
-        """At most OVERLAP_IN_FLIGHT requests per worker running or queued: spare workers then
-        serve lone callers at once; beyond it one worker at a time makes bigger batches
-        (two half batches cost ~1.4x per request: measured, one worker served more from 4
-        callers up in every sitting on the shared machine)."""
+        """At most ``overlap_in_flight`` requests per worker running or queued (0: any number):
+        spare workers serve lone callers at once; beyond it one worker at a time makes full
+        batches (two half batches cost ~1.4x per request; bench/README.md, "Serving")."""
+        if not self._overlap_in_flight:
+            return True
         in_flight = sum(run.size for run in self._running.values()) + self._queue.qsize()
-        return in_flight <= OVERLAP_IN_FLIGHT * self._workers
+        return in_flight <= self._overlap_in_flight * self._workers
 
     def _usable_workers(self) -> int:
         return self._workers if self._gate.open and self._few_in_flight() else 1

@@ -146,6 +146,7 @@ class ServiceState:
         self.batcher = Batcher(self.run_batch, max_batch_size=settings.max_batch_size,
                                wait_s=settings.batch_wait_ms / 1000, max_queue=settings.max_queue,
                                objective_s=settings.latency_objective_ms / 1000, workers=self.batch_workers,
+                               overlap_in_flight=settings.batch_overlap_in_flight,
                                thread_init=self._configure_compute)
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.metrics.busy_workers.set_function(lambda: self.batcher.busy)

@@ -184,3 +184,20 @@ def test_many_callers_batch_on_one_worker_instead_of_splitting():
         return done
     assert run(main()) == [0, 1, 2, 3, 4, "x"]
     assert batches == [[0, 1, 2, 3, 4], ["x"]]
+
+
+def test_without_the_in_flight_limit_queued_requests_are_shared_by_the_workers():
+    batches = []
+
+    def work(payloads):
+        batches.append(list(payloads))
+        return payloads
+
+    async def main():
+        batcher = Batcher(work, max_batch_size=8, wait_s=0, max_queue=10, workers=2, overlap_in_flight=0)
+        batcher.start()
+        done = await asyncio.gather(*(batcher.submit(i, 10) for i in range(5)))
+        await batcher.drain_and_stop()
+        return done
+    assert run(main()) == [0, 1, 2, 3, 4]
+    assert sorted(map(len, batches)) == [2, 3]
