@@ -16,9 +16,16 @@ READOUTS = ("attention", "hard", "max")
 # Bilinear maps of the routing: one S shared by every interest (the paper), or one W_j per
 # interest (ComiRec-DR), whose learned differences break the symmetry between capsules.
 ROUTING_MAPS = ("shared", "per_interest")
+# How the user-profile embedding enters the capsules (spec 1.3): "concat" = the same profile
+# vector concatenated to every capsule before the H layers (the paper); "per_interest" = each
+# capsule concatenated with its own learned projection of it; "none" = profile not used.
+PROFILE_FUSIONS = ("concat", "per_interest", "none")
+# Learning-rate schedule over epochs: "constant"; "plateau" = multiply lr by TrainConfig.lr_decay
+# after every validation pass that does not improve on the best.
+LR_SCHEDULES = ("constant", "plateau")
 # Values a config.json written before a field existed had implicitly (old runs load unchanged).
 LEGACY_DEFAULTS = {"output_relu": True, "readout": "attention", "routing_maps": "shared",
-                   "normalize": False, "temperature": 1.0}
+                   "normalize": False, "temperature": 1.0, "profile_fusion": "concat"}
 
 
 @dataclass(frozen=True)
@@ -44,9 +51,11 @@ class ModelConfig:
     init_seed: int = 2020             # seeds the routing logits' one-time Gaussian draw
     routing_init_std: float = 0.0     # std of that draw; 0 = equal logits: the per-interest maps, i.e. content, route (bench/ablation.md)
     readout: str = "max"              # training readout of the capsules, one of READOUTS
+    readout_smoothing: float = 0.0    # "max" readout: 0 = exact max; tau > 0 = tau * logsumexp(scores / tau)
     routing_maps: str = "per_interest"  # one of ROUTING_MAPS
     normalize: bool = True            # L2-normalise item vectors and capsules (index holds the normalised table)
     temperature: float = 0.2          # logits = cosine / temperature in the training softmax (0.2 beat 0.1 on ml-100k)
+    profile_fusion: str = "concat"    # one of PROFILE_FUSIONS
     loss: str = "sampled"             # "full" softmax or "sampled" softmax with logQ correction
     n_negatives: int = 1000           # shared negatives per batch for the sampled softmax
 
@@ -57,6 +66,10 @@ class ModelConfig:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.routing_maps not in ROUTING_MAPS:
             raise ValueError(f"routing_maps must be one of {ROUTING_MAPS}, got {self.routing_maps!r}")
+        if self.readout_smoothing < 0:
+            raise ValueError(f"readout_smoothing must be >= 0, got {self.readout_smoothing}")
+        if self.profile_fusion not in PROFILE_FUSIONS:
+            raise ValueError(f"profile_fusion must be one of {PROFILE_FUSIONS}, got {self.profile_fusion!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.loss not in LOSSES:
@@ -76,10 +89,18 @@ class TrainConfig:
     weight_decay: float = 0.0
     patience: int = 3                 # evaluations without validation Recall@50 gain before stopping; at lr
                                       # 5e-3 validation peaks within 2-8 epochs and then falls (bench/ablation.md)
+    lr_schedule: str = "constant"     # one of LR_SCHEDULES
+    lr_decay: float = 0.5             # factor of the "plateau" schedule
     samples_per_user: int = 0         # positions sampled per train user per epoch (0 = all)
     seed: int = 2020
     device: str = "auto"
     eval_every: int = 1               # epochs between validation passes
+
+    def __post_init__(self):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
 
 
 def to_dict(config: Any) -> dict:

@@ -32,27 +32,47 @@ class InterestExtractor(nn.Module):
                                   config.routing_softmax == "interests", config.dynamic_k, config.init_seed,
                                   config.routing_init_std, config.routing_maps == "per_interest")
         self.normalize = config.normalize
+        sizes = [] if config.profile_fusion == "none" else list(config.profile_vocab_sizes)
         self.profile = nn.ModuleList([nn.Embedding(max(int(v), 1), config.profile_dim, padding_idx=0)
-                                      for v in config.profile_vocab_sizes])
-        self.profile_sizes = list(config.profile_vocab_sizes)
-        fused = d + config.profile_dim * len(config.profile_vocab_sizes)
-        layers = [nn.Linear(fused, config.hidden_dim), nn.ReLU(), nn.Linear(config.hidden_dim, d)]
+                                      for v in sizes])
+        self.profile_sizes = sizes
+        width = config.profile_dim * len(sizes)
+        # "per_interest": capsule j gets its own projection P_j of the profile vector, so the
+        # profile does not push every capsule the same way (a shared vector makes them parallel).
+        self.per_interest_profile = config.profile_fusion == "per_interest" and width > 0
+        if self.per_interest_profile:
+            eye = torch.eye(width).unsqueeze(0).repeat(config.n_interests, 1, 1)
+            self.profile_maps = nn.Parameter(eye)                     # (K, F, F), starts as "concat"
+        else:
+            self.register_buffer("profile_maps", torch.zeros(0), persistent=False)
+        layers = [nn.Linear(d + width, config.hidden_dim), nn.ReLU(), nn.Linear(config.hidden_dim, d)]
         self.fusion = nn.Sequential(*(layers + [nn.ReLU()] if config.output_relu else layers))
 
-    def forward(self, behaviours: torch.Tensor, mask: torch.Tensor, profile: torch.Tensor
-                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """behaviours (B, L, d), mask (B, L) bool, profile (B, P) int64 -> (B, K, d), (B, K), (B, K, L)."""
-        capsules, active, weights = self.routing(behaviours, mask)
-        parts = [capsules]
-        k = capsules.size(1)
+    def profile_vector(self, profile: torch.Tensor) -> torch.Tensor:
+        """profile (B, P) int64 -> (B, F) the concatenated profile embeddings (F = 0 without)."""
+        parts = []
         i = 0
         for table in self.profile:                                    # one embedding per feature
             values = profile[:, i]
             values = torch.where((values >= 0) & (values < self.profile_sizes[i]), values,
                                  torch.zeros_like(values))            # out of range = unknown
-            parts.append(table(values).unsqueeze(1).expand(-1, k, -1))  # (B, K, profile_dim)
+            parts.append(table(values))                               # (B, profile_dim)
             i += 1
-        interests = self.fusion(torch.cat(parts, dim=2))              # (B, K, d)
+        if len(parts) == 0:
+            return torch.zeros(profile.size(0), 0, device=profile.device)
+        return torch.cat(parts, dim=1)
+
+    def forward(self, behaviours: torch.Tensor, mask: torch.Tensor, profile: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """behaviours (B, L, d), mask (B, L) bool, profile (B, P) int64 -> (B, K, d), (B, K), (B, K, L)."""
+        capsules, active, weights = self.routing(behaviours, mask)
+        k = capsules.size(1)
+        user = self.profile_vector(profile).to(capsules.dtype)         # (B, F)
+        if self.per_interest_profile:
+            per_capsule = torch.einsum("bf,kgf->bkg", user, self.profile_maps)   # (B, K, F)
+        else:
+            per_capsule = user.unsqueeze(1).expand(-1, k, -1)         # (B, K, F)
+        interests = self.fusion(torch.cat([capsules, per_capsule], dim=2))   # (B, K, d)
         if self.normalize:
             interests = nn.functional.normalize(interests, dim=2)     # a zero (inactive) capsule stays zero
         return interests * active.unsqueeze(2).to(interests.dtype), active, weights

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.config import LOSSES, READOUTS, ROUTING_AXES, ROUTING_MAPS, ModelConfig, TrainConfig
+from model.config import (LOSSES, LR_SCHEDULES, PROFILE_FUSIONS, READOUTS, ROUTING_AXES, ROUTING_MAPS,
+                          ModelConfig, TrainConfig)
 from model.data import SequenceDataset, holdout, training_samples
 from model.data import FORMATS
 from model.device import DeviceError, resolve_device
@@ -68,6 +69,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     m.add_argument("--no-dynamic-k", action="store_true", help="always use K interests")
     m.add_argument("--readout", choices=READOUTS, default=MODEL_DEFAULTS.readout,
                    help="training readout: label-aware attention (--pow-p), the closest capsule, or max over capsules")
+    m.add_argument("--readout-smoothing", type=float, default=MODEL_DEFAULTS.readout_smoothing,
+                   help="max readout: 0 = exact max over capsules; tau > 0 = tau * logsumexp(scores / tau)")
     m.add_argument("--pow-p", type=float, default=MODEL_DEFAULTS.pow_p, help="label-aware attention power")
     m.add_argument("--hidden-dim", type=int, default=MODEL_DEFAULTS.hidden_dim)
     m.add_argument("--routing-init-std", type=float, default=MODEL_DEFAULTS.routing_init_std,
@@ -76,6 +79,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     m.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=MODEL_DEFAULTS.normalize,
                    help="L2-normalise item vectors and capsules (scores are cosines / --temperature)")
     m.add_argument("--temperature", type=float, default=MODEL_DEFAULTS.temperature, help="softmax temperature")
+    m.add_argument("--profile-fusion", choices=PROFILE_FUSIONS, default=MODEL_DEFAULTS.profile_fusion,
+                   help="how the user profile enters the capsules: the same vector into each, one projection per interest, or not at all")
     m.add_argument("--loss", choices=LOSSES, default=MODEL_DEFAULTS.loss)
     m.add_argument("--negatives", type=int, default=MODEL_DEFAULTS.n_negatives, help="shared negatives (sampled loss)")
     t = p.add_argument_group("training")
@@ -83,6 +88,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size)
     t.add_argument("--lr", type=float, default=TRAIN_DEFAULTS.lr)
     t.add_argument("--weight-decay", type=float, default=TRAIN_DEFAULTS.weight_decay)
+    t.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=TRAIN_DEFAULTS.lr_schedule,
+                   help="'plateau': multiply lr by --lr-decay after each validation pass without a new best")
+    t.add_argument("--lr-decay", type=float, default=TRAIN_DEFAULTS.lr_decay)
     t.add_argument("--patience", type=int, default=TRAIN_DEFAULTS.patience)
     t.add_argument("--samples-per-user", type=int, default=TRAIN_DEFAULTS.samples_per_user,
                    help="positions sampled per train user per epoch (0 = all)")
@@ -108,6 +116,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         ds, data_config = load_dataset(args)
         config = model_config(args, ds)
+        training = train_config(args)
     except (ValueError, OSError) as err:
         return fail(str(err))
     if ds.n_items == 0 or len(ds.train_users) == 0 or len(ds.val_users) == 0:
@@ -116,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
         device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     except DeviceError as err:
         return fail(f"--device {args.device}: {err}")
-    return run_training(ds, data_config, config, train_config(args), out, device,
+    return run_training(ds, data_config, config, training, out, device,
                         baselines=not args.no_baselines, quiet=args.quiet)
 
 
@@ -137,16 +146,18 @@ def model_config(args: argparse.Namespace, ds: SequenceDataset) -> ModelConfig:
     return ModelConfig(
         n_items=ds.n_items, embed_dim=args.embed_dim, n_interests=args.interests, max_len=args.max_len,
         routing_iters=args.routing_iters, routing_softmax=args.routing_softmax, routing_maps=args.routing_maps,
-        dynamic_k=not args.no_dynamic_k, readout=args.readout, pow_p=args.pow_p, hidden_dim=args.hidden_dim,
+        dynamic_k=not args.no_dynamic_k, readout=args.readout, readout_smoothing=args.readout_smoothing,
+        pow_p=args.pow_p, hidden_dim=args.hidden_dim,
         routing_init_std=args.routing_init_std, output_relu=args.output_relu, normalize=args.normalize,
-        temperature=args.temperature, loss=args.loss, n_negatives=args.negatives,
+        temperature=args.temperature, profile_fusion=args.profile_fusion, loss=args.loss, n_negatives=args.negatives,
         profile_vocab_sizes=tuple(len(ds.user_profile_vocabs[f]) for f in ds.profile_features),
         item_side_vocab_sizes={f: len(v) for f, v in ds.item_side_vocabs.items()}, init_seed=args.seed)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                       patience=args.patience, samples_per_user=args.samples_per_user, seed=args.seed,
+                       lr_schedule=args.lr_schedule, lr_decay=args.lr_decay, patience=args.patience,
+                       samples_per_user=args.samples_per_user, seed=args.seed,
                        device=args.device)
 
 
@@ -187,9 +198,9 @@ class Objective(nn.Module):
             user, table = self.model(history, profile, target)         # (B, d), (N + 1, d)
         if config.loss == "sampled":
             return sampled_softmax_loss(user, table, target, self.q, config.n_negatives, self.generator,
-                                        config.temperature, active)
+                                        config.temperature, active, config.readout_smoothing)
         if active is not None:
-            return max_readout_loss(user, active, table, target, config.temperature)
+            return max_readout_loss(user, active, table, target, config.temperature, config.readout_smoothing)
         return full_softmax_loss(user, table, target, config.temperature)
 
 
@@ -281,8 +292,16 @@ def fit(model: MIND, ds: SequenceDataset, config: TrainConfig, device: torch.dev
             waited += 1
             if waited >= config.patience:
                 break
+            decay_lr(optimizer, config)
     model.load_state_dict(best.state_dict)
     return best
+
+
+def decay_lr(optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
+    """The "plateau" schedule: a validation pass without a new best multiplies lr by lr_decay."""
+    if config.lr_schedule == "plateau":
+        for group in optimizer.param_groups:
+            group["lr"] *= config.lr_decay
 
 
 # ------------------------------------------------------------------------------- validation

@@ -211,3 +211,64 @@ def test_sampled_max_readout_is_the_sampled_loss_of_the_best_capsule_scores():
     best_of_two = sampled_softmax_loss(interests, table, target, q, 50, torch.Generator().manual_seed(4), 1.0, active)
     first_only = sampled_softmax_loss(interests, table, target, q, 50, torch.Generator().manual_seed(4), 1.0, one)
     assert best_of_two.item() != first_only.item()
+
+
+@pytest.mark.parametrize("fusion", ["none", "per_interest"])
+def test_profile_fusion_modes_keep_the_tower_contract(fusion):
+    """"none" ignores the profile input; "per_interest" starts as "concat" (identity projections)
+    and then lets each capsule take its own view of the profile. Both script and export."""
+    from model.tower_format import export_tower
+
+    model, concat = make_model(profile_fusion=fusion), make_model()
+    h, p = histories([MAX_LEN, 5, 9]), profiles(3)
+    tower = model.user_tower()
+    capsules, active, _ = tower(h, p)
+    other = tower(h, (p + 1) % 3)[0]
+    if fusion == "none":
+        assert torch.equal(capsules, other) and len(list(model.extractor.profile.parameters())) == 0
+    else:
+        torch.testing.assert_close(capsules, concat.user_tower()(h, p)[0])
+        assert (other - capsules).abs().max() > 0, "the profile must reach the capsules"
+        with torch.no_grad():
+            model.extractor.profile_maps[1].mul_(-1.0)
+        moved = model.user_tower()(h, p)[0]
+        assert (moved - capsules)[:, 1].abs().max() > 0
+        torch.testing.assert_close(moved[:, [0, 2, 3]], capsules[:, [0, 2, 3]])
+    for served in (script_tower(tower), export_tower(tower, MAX_LEN, 2).module()):
+        for eager, out in zip(tower(h, p), served(h, p)):
+            torch.testing.assert_close(out, eager, rtol=0, atol=1e-5)
+
+
+def test_configs_written_before_profile_fusion_load_with_the_shared_profile():
+    old = {k: v for k, v in to_dict(make_model().config).items() if k != "profile_fusion"}
+    assert model_config_from_dict(old).profile_fusion == "concat"
+    with pytest.raises(ValueError, match="profile_fusion"):
+        make_model(profile_fusion="sum")
+
+
+def test_smooth_max_readout_tends_to_the_max_and_spreads_the_gradient():
+    from model.loss import best_capsule_scores
+
+    torch.manual_seed(2)
+    scores = torch.randn(3, K, 7, requires_grad=True)                  # (B, K, S)
+    active = torch.tensor([[True, True, False, False], [True] * 4, [True, False, False, False]])
+    exact = best_capsule_scores(scores, active)
+    torch.testing.assert_close(best_capsule_scores(scores, active, 1e-4), exact, rtol=0, atol=1e-3)
+    smooth = best_capsule_scores(scores, active, 0.5)
+    assert torch.all(smooth >= exact - 1e-6)                           # logsumexp >= max
+    smooth.sum().backward()
+    grad = scores.grad.abs().sum(2)                                    # (B, K)
+    assert torch.all(grad[active] > 0) and torch.all(grad[~active] == 0)
+    with pytest.raises(ValueError, match="readout_smoothing"):
+        make_model(readout_smoothing=-1.0)
+
+
+def test_plateau_schedule_decays_the_learning_rate_only_when_asked():
+    from model.train import decay_lr
+
+    for schedule, expected in (("constant", 0.01), ("plateau", 0.0025)):
+        optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+        decay_lr(optimizer, TrainConfig(lr_schedule=schedule, lr_decay=0.25))
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="cosine")
