@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +58,13 @@ class ModelConfig:
     temperature: float = 0.2          # logits = cosine / temperature in the training softmax (0.2 beat 0.1 on ml-100k)
     profile_fusion: str = "concat"    # one of PROFILE_FUSIONS
     loss: str = "sampled"             # "full" softmax or "sampled" softmax with logQ correction
-    n_negatives: int = 1000           # shared negatives per batch for the sampled softmax
+    n_negatives: int = 1000           # shared negatives per batch for the sampled softmax (at least)
+    negatives_fraction: float = 0.0   # ... or this share of the catalogue when that is more (see shared_negatives)
+
+    @property
+    def shared_negatives(self) -> int:
+        """Negatives per batch of the sampled softmax: max(n_negatives, fraction x catalogue)."""
+        return max(self.n_negatives, math.ceil(self.negatives_fraction * self.n_items))
 
     def __post_init__(self):
         if self.routing_softmax not in ROUTING_AXES:
@@ -68,6 +75,8 @@ class ModelConfig:
             raise ValueError(f"routing_maps must be one of {ROUTING_MAPS}, got {self.routing_maps!r}")
         if self.readout_smoothing < 0:
             raise ValueError(f"readout_smoothing must be >= 0, got {self.readout_smoothing}")
+        if not 0 <= self.negatives_fraction <= 1:
+            raise ValueError(f"negatives_fraction must be in [0, 1], got {self.negatives_fraction}")
         if self.profile_fusion not in PROFILE_FUSIONS:
             raise ValueError(f"profile_fusion must be one of {PROFILE_FUSIONS}, got {self.profile_fusion!r}")
         if not self.temperature > 0:

@@ -82,7 +82,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     m.add_argument("--profile-fusion", choices=PROFILE_FUSIONS, default=MODEL_DEFAULTS.profile_fusion,
                    help="how the user profile enters the capsules: the same vector into each, one projection per interest, or not at all")
     m.add_argument("--loss", choices=LOSSES, default=MODEL_DEFAULTS.loss)
-    m.add_argument("--negatives", type=int, default=MODEL_DEFAULTS.n_negatives, help="shared negatives (sampled loss)")
+    m.add_argument("--negatives", type=int, default=MODEL_DEFAULTS.n_negatives, help="shared negatives (sampled loss), at least")
+    m.add_argument("--negatives-fraction", type=float, default=MODEL_DEFAULTS.negatives_fraction,
+                   help="or this share of the catalogue as shared negatives when that is more")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS.epochs)
     t.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size)
@@ -150,6 +152,7 @@ def model_config(args: argparse.Namespace, ds: SequenceDataset) -> ModelConfig:
         pow_p=args.pow_p, hidden_dim=args.hidden_dim,
         routing_init_std=args.routing_init_std, output_relu=args.output_relu, normalize=args.normalize,
         temperature=args.temperature, profile_fusion=args.profile_fusion, loss=args.loss, n_negatives=args.negatives,
+        negatives_fraction=args.negatives_fraction,
         profile_vocab_sizes=tuple(len(ds.user_profile_vocabs[f]) for f in ds.profile_features),
         item_side_vocab_sizes={f: len(v) for f, v in ds.item_side_vocabs.items()}, init_seed=args.seed)
 
@@ -197,7 +200,7 @@ class Objective(nn.Module):
         else:
             user, table = self.model(history, profile, target)         # (B, d), (N + 1, d)
         if config.loss == "sampled":
-            return sampled_softmax_loss(user, table, target, self.q, config.n_negatives, self.generator,
+            return sampled_softmax_loss(user, table, target, self.q, config.shared_negatives, self.generator,
                                         config.temperature, active, config.readout_smoothing)
         if active is not None:
             return max_readout_loss(user, active, table, target, config.temperature, config.readout_smoothing)

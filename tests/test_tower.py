@@ -272,3 +272,11 @@ def test_plateau_schedule_decays_the_learning_rate_only_when_asked():
         assert optimizer.param_groups[0]["lr"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="cosine")
+
+
+def test_shared_negatives_are_at_least_n_negatives_or_the_catalogue_share():
+    assert ModelConfig(n_items=1349, n_negatives=1000, negatives_fraction=0.25).shared_negatives == 1000
+    assert ModelConfig(n_items=11924, n_negatives=1000, negatives_fraction=0.25).shared_negatives == 2981
+    assert ModelConfig(n_items=11924, n_negatives=1000).shared_negatives == 1000
+    with pytest.raises(ValueError, match="negatives_fraction"):
+        ModelConfig(n_items=10, negatives_fraction=1.5)
