@@ -23,8 +23,9 @@ LOCAL_ML100K = REPO_ROOT.parent / "shared" / "data" / "ml-100k" / "ml-100k.inter
 SYNTHETIC = "synthetic"
 # A short budget: the default model must be ready within a few minutes on 2 CPU cores and beat
 # item-CF on ml-100k. 10 epochs of 40 positions per user with the early-stopped defaults reach
-# test Recall@50 0.301 (item-CF 0.245; the old 6 x 10 budget gave 0.185) in 80 s of CPU time
-# (4 min wall on the loaded shared box); one torch thread: two are ~3x slower on a busy CPU.
+# test Recall@50 0.294 with capsule cosine 0.79 (item-CF 0.245; the old 6 x 10 budget gave 0.185)
+# in 38 s of CPU time (82 s wall on the loaded shared box); one torch thread: two are ~3x slower
+# on a busy CPU.
 DEFAULT_TRAIN_ARGS = "--epochs 10 --samples-per-user 40 --no-baselines --threads 1 --device auto"
 EXAMPLE_HISTORY_LEN = 8  # history of the printed curl example: floor(log2 8) = 3 interests
 RUN_DONE_MARKER = "metrics.json"  # written by `mind train` once the run is complete

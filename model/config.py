@@ -56,7 +56,10 @@ class ModelConfig:
     routing_maps: str = "per_interest"  # one of ROUTING_MAPS
     normalize: bool = True            # L2-normalise item vectors and capsules (index holds the normalised table)
     temperature: float = 0.2          # logits = cosine / temperature in the training softmax (0.2 beat 0.1 on ml-100k)
-    profile_fusion: str = "concat"    # one of PROFILE_FUSIONS
+    # One of PROFILE_FUSIONS. "none": on ml-100k (age/gender/occupation) the shared profile vector
+    # pulled the capsules together (cos 0.800) and lost on validation: R@50 0.3407 without it vs
+    # 0.3300 "concat" vs 0.3235 "per_interest", cos 0.78 (seed 2020; bench/ablation.md). Toys has no profile.
+    profile_fusion: str = "none"
     loss: str = "sampled"             # "full" softmax or "sampled" softmax with logQ correction
     n_negatives: int = 1000           # shared negatives per batch for the sampled softmax (at least)
     negatives_fraction: float = 0.0   # ... or this share of the catalogue when that is more (see shared_negatives)

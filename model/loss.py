@@ -22,7 +22,7 @@ def best_capsule_scores(scores: torch.Tensor, active: torch.Tensor, smoothing: f
     it is to the item (tau -> 0 is the max)."""
     hidden = ~active.view(active.shape + (1,) * (scores.dim() - 2))
     scores = scores.masked_fill(hidden, MASKED_LOGIT)
-    if smoothing <= 0:
+    if smoothing <= 0 or scores.size(1) == 1:                         # K = 1: exactly the score itself
         return scores.max(dim=1).values
     return smoothing * torch.logsumexp(scores / smoothing, dim=1)
 

@@ -32,7 +32,8 @@ def small_tower(seed: int, n_items: int = N_ITEMS, dim: int = DIM):
     from model.tower import MIND
     torch.manual_seed(seed)
     config = ModelConfig(n_items=n_items, embed_dim=dim, n_interests=K, max_len=MAX_LEN, init_seed=seed,
-                         profile_vocab_sizes=tuple(len(v) for v in PROFILE_VOCAB.values()))
+                         profile_vocab_sizes=tuple(len(v) for v in PROFILE_VOCAB.values()),
+                         profile_fusion="concat")   # the profile reaches the capsules (not the default)
     mind = MIND(config).eval()
     with torch.no_grad():
         vectors = mind.item_vectors().numpy()[1:]
@@ -123,7 +124,7 @@ def write_untrained_run(run_dir, ds, data_cfg, n_interests: int, seed: int = 0, 
                          profile_dim=4,
                          profile_vocab_sizes=tuple(len(ds.user_profile_vocabs[f]) for f in ds.profile_features),
                          item_side_vocab_sizes={f: len(v) for f, v in ds.item_side_vocabs.items()},
-                         **config_overrides)
+                         **{"profile_fusion": "concat", **config_overrides})   # profiles take part
     model = MIND(config, {f: torch.as_tensor(t) for f, t in ds.item_side.items()}).eval()
     run_dir.mkdir(parents=True)
     write_run_files(run_dir, model, TrainConfig(epochs=1), data_cfg, ds.vocab_json(), ds.split_json(),

@@ -79,7 +79,8 @@ def write_tiny_run(run_dir, seed: int = 0):
     genre = torch.randint(0, 5, (N_ITEMS + 1, 2))
     genre[0] = 0
     config = ModelConfig(n_items=N_ITEMS, embed_dim=DIM, n_interests=K, max_len=MAX_LEN, hidden_dim=16,
-                         profile_dim=4, profile_vocab_sizes=(3,), item_side_vocab_sizes={"genre": 5})
+                         profile_dim=4, profile_vocab_sizes=(3,), item_side_vocab_sizes={"genre": 5},
+                         profile_fusion="concat")   # the profile reaches the capsules (not the default)
     model = MIND(config, {"genre": genre}).eval()
     vocab = {"items": ["<pad>"] + [f"movie-{i}" for i in range(N_ITEMS)], "users": ["<pad>", "u1"],
              "item_side": {"genre": ["<pad>", "a", "b", "c", "d"]},

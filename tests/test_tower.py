@@ -19,7 +19,8 @@ N_ITEMS, D, K, MAX_LEN = 40, 16, 4, 10
 
 def make_model(**overrides) -> MIND:
     values = dict(n_items=N_ITEMS, embed_dim=D, n_interests=K, max_len=MAX_LEN, hidden_dim=32,
-                  profile_dim=4, profile_vocab_sizes=(3, 5), item_side_vocab_sizes={"genre": 6})
+                  profile_dim=4, profile_vocab_sizes=(3, 5), item_side_vocab_sizes={"genre": 6},
+                  profile_fusion="concat")   # the profile path is exercised; "none" (the default) below
     config = ModelConfig(**{**values, **overrides})
     g = torch.Generator().manual_seed(3)
     genre = torch.randint(0, 6, (N_ITEMS + 1, 2), generator=g)
