@@ -61,8 +61,8 @@ class Settings(BaseSettings):
                                  "only from requests that queued while the worker was busy)")
     batch_workers: int = Field(0, ge=0, description="threads running batches at once, each with torch_threads / faiss_threads "
                                "threads; 0 = auto: cores // faiss_threads on CPU (2 on a 2-core machine), 1 with a CUDA tower")
-    batch_overlap_in_flight: int = Field(1, ge=0, description="a batch starts beside a running one only with at most this many "
-                                         "requests per worker in flight (running or queued); 0 = at any load")
+    batch_overlap_in_flight: int = Field(0, ge=0, description="a batch starts beside a running one only with at most this many "
+                                         "requests per worker in flight (running or queued); 0 = at any load (quiet 2-core machine: 3.3x the plain server's best at p99 <= 50 ms, against 1.8x with 1; bench/README.md)")
     max_queue: int = Field(512, ge=1, description="queued requests before 503 + Retry-After")
     request_timeout_ms: float = Field(1000.0, gt=0, description="deadline from arrival; past it the answer is 503")
     latency_objective_ms: float = Field(100.0, ge=0, description="refuse (503 + Retry-After) a request whose predicted wait, "
