@@ -410,6 +410,11 @@ def run_training(ds: SequenceDataset, data_config: dict, config: ModelConfig, tr
     progress = Progress(enabled=talk)
     if talk:
         print(f"mind train: {ds.stats()} on {device} x{world}", file=sys.stderr)
+    if rank == 0 and ds.profile_features and config.profile_fusion == "none":   # also with --quiet: what the model is
+        print(f"mind train: the user profile features {list(ds.profile_features)} are not fused into the "
+              "capsules (--profile-fusion none, the default: it kept the interests apart on ml-100k, "
+              "bench/ablation.md); requests may send them, the model does not use them; "
+              "--profile-fusion concat uses them", file=sys.stderr)
     variants = [("MIND", config, Path("."))] + ([("MIND K=1", k1_config(config), K1_BASELINE)] if baselines else [])
     staged = staging_dir(out) if rank == 0 else None
     try:

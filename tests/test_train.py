@@ -117,6 +117,8 @@ def test_mind_train_writes_a_reloadable_run_and_its_k1_baseline(tiny_log, tmp_pa
         assert (out / name).is_file(), name
         assert (out / "baselines" / "k1" / name).is_file(), name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging dir left behind"
+    # The synthetic log has user profiles; the default model does not fuse them, and says so.
+    assert "are not fused into the capsules" in capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"recall@50", "recall@20", "ndcg@50"} <= set(metrics["test"]) and metrics["history"]
     model, info = load_run(out)
