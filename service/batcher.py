@@ -79,7 +79,7 @@ class Batcher:
     """
 
     def __init__(self, run_batch: Callable[[list], list], *, max_batch_size: int, wait_s: float,
-                 max_queue: int, objective_s: float = 0.0, workers: int = 1, overlap_in_flight: int = 1,
+                 max_queue: int, objective_s: float = 0.0, workers: int = 1, overlap_in_flight: int = 0,
                  thread_init: Callable[[], None] | None = None) -> None:
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size

@@ -159,8 +159,9 @@ def test_a_lone_caller_always_lands_on_the_same_worker():
 
 
 def test_many_callers_batch_on_one_worker_instead_of_splitting():
-    """Two workers, five requests at once (more than two per worker in flight): one batch of
-    five, and a sixth arriving meanwhile waits for it rather than starting the idle worker."""
+    """With the in-flight limit (MIND_BATCH_OVERLAP_IN_FLIGHT=1; the default, 0, has none): two
+    workers, five requests at once (more than one per worker in flight): one batch of five, and
+    a sixth arriving meanwhile waits for it rather than starting the idle worker."""
     release, batches = threading.Event(), []
 
     def work(payloads):
@@ -170,7 +171,7 @@ def test_many_callers_batch_on_one_worker_instead_of_splitting():
         return payloads
 
     async def main():
-        batcher = Batcher(work, max_batch_size=8, wait_s=0, max_queue=10, workers=2)
+        batcher = Batcher(work, max_batch_size=8, wait_s=0, max_queue=10, workers=2, overlap_in_flight=1)
         batcher.start()
         first = [asyncio.ensure_future(batcher.submit(i, 10)) for i in range(5)]
         while batcher.busy < 1:
