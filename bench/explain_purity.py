@@ -81,7 +81,8 @@ def explain_purity(run_dir: Path, truth: PlantedTruth, n: int = EXPLAIN_ITEMS) -
     (history = the protocol's first 80% of the sequence, its last max_len items; no target is
     involved, so train users count too and make the estimate tighter)."""
     from model.data import holdout
-    from model.eval_sources import HISTORY_FRACTION, dataset_from_config, read_json_file
+    from model.data import HISTORY_FRACTION
+    from model.eval_sources import dataset_from_config, read_json_file
     from model.run import config_max_len, load_run
 
     config = read_json_file(run_dir / "config.json")

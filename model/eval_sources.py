@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from model.data import DataFormatError, RunDataMismatch, holdout, rebuild_dataset
-from model.data import HISTORY_FRACTION  # noqa: F401  (model/train.py imports it from here)
 from model.jsonfile import read_json
 from model.protocol import HeldOut, MindRetriever, tower_capsule_fn
 
@@ -80,20 +79,10 @@ def row_maps(dataset_ids: Sequence[str], source_ids: Sequence[str]
     return to_source, to_dataset
 
 
-def _max_len(config: dict, where: Path) -> int:
-    """The history length a run was trained with; an EvaluationError naming the file if absent."""
-    from model.run import config_max_len
-
-    value = config_max_len(config)
-    if value is None:
-        raise EvaluationError(f"{where}: no max_len in its model or train section")
-    return value
-
-
 def run_retriever(run_dir: Path, dataset_item_ids: Sequence[str], device: str) -> tuple[MindRetriever, int]:
     """(MIND of a run directory as a capsule source over exact FAISS search, its max_len)."""
     import torch
-    from model.run import RunError, load_run
+    from model.run import RunError, config_max_len, load_run
 
     if not (run_dir / "checkpoint.pt").is_file():
         raise EvaluationError(f"{run_dir / 'checkpoint.pt'}: file not found (is {run_dir} a finished run?)")
@@ -107,7 +96,7 @@ def run_retriever(run_dir: Path, dataset_item_ids: Sequence[str], device: str) -
     to_source, to_dataset = row_maps(dataset_item_ids, info.vocab.get("items", [])[1:])
     profile_vocab = {f: {v: i for i, v in enumerate(values) if i > 0}
                      for f, values in info.vocab.get("user_profile", {}).items()}
-    max_len = _max_len(info.config, run_dir / "config.json")
+    max_len = config_max_len(info.config, run_dir / "config.json", EvaluationError)
     retriever = MindRetriever(tower_capsule_fn(model.user_tower(), max_len, device), vectors,
                               to_source, to_dataset, tuple(profile_vocab), profile_vocab)
     return retriever, max_len

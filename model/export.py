@@ -26,7 +26,7 @@ import torch
 from model.bundle import BundleError, ItemCategories, load_bundle, prepare_histories, write_bundle
 from model.index import INDEX_KINDS, IndexTuningError, choose_kind
 from model.jsonfile import read_json
-from model.run import SIDE_PREFIX, RunError, config_max_len, load_run
+from model.run import CONFIG, SIDE_PREFIX, RunError, config_max_len, load_run
 from model.tower_format import EXPORT, export_tower, script_tower
 
 RUN_FILES = ("config.json", "checkpoint.pt", "vocab.json", "popularity.json", "metrics.json")
@@ -58,14 +58,6 @@ def read_run_json(run_dir: Path, name: str, expected_type: type):
     """A JSON file of the run whose top level must be ``expected_type``."""
     return read_json(run_dir / name, expected_type, RunError,
                      missing=f"missing (is {run_dir} a finished `mind train` run?)")
-
-
-def run_max_len(config: dict, run_dir: Path) -> int:
-    """The history length the model was trained with; a RunError naming config.json if absent."""
-    value = config_max_len(config)
-    if value is None:
-        raise RunError(f"{run_dir / 'config.json'}: no max_len in its model or train section")
-    return value
 
 
 def tower_queries(tower: torch.jit.ScriptModule, popular_rows: np.ndarray, max_len: int,
@@ -102,7 +94,7 @@ def read_run(run_dir: Path) -> dict:
     metrics = read_run_json(run_dir, "metrics.json", dict)
     return {"config": config, "vocab": vocab, "popular_rows": popularity[popularity > 0] - 1,
             "metrics": {k: v for k, v in metrics.items() if k != "history"},
-            "max_len": run_max_len(config, run_dir)}
+            "max_len": config_max_len(config, run_dir / CONFIG)}
 
 
 def load_model(run_dir: Path):

@@ -55,14 +55,14 @@ def write_run_files(run_dir: Path, model: MIND, train_config: TrainConfig, data_
     write_json(run_dir / METRICS, metrics)
 
 
-def config_max_len(config: dict) -> int | None:
+def config_max_len(config: dict, where: Path | str = CONFIG, error: type[Exception] = RunError) -> int:
     """The history length a run was trained with, from its ``config.json`` (model section, else
-    train section); None when neither records it."""
+    train section); `error` naming `where` when neither records it."""
     for section in ("model", "train"):
         value = config.get(section, {}).get("max_len")
         if value is not None:
             return int(value)
-    return None
+    raise error(f"{where}: no max_len in its model or train section")
 
 
 def staging_dir(out_dir: Path) -> Path:

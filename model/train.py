@@ -26,10 +26,9 @@ from torch import nn
 
 from model.config import (LOSSES, LR_SCHEDULES, PROFILE_FUSIONS, READOUTS, ROUTING_AXES, ROUTING_MAPS,
                           ModelConfig, TrainConfig)
-from model.data import SequenceDataset, holdout, training_samples
-from model.data import FORMATS
+from model.data import (FORMATS, HISTORY_FRACTION, SequenceDataset, data_config, holdout, load_dataset,
+                        resolve_data_source, training_samples)
 from model.device import DeviceError, resolve_device
-from model.eval_sources import HISTORY_FRACTION
 from model.loss import full_softmax_loss, max_readout_loss, sampled_softmax_loss, sampling_distribution
 from model.metrics import evaluate_rankings
 from model.protocol import interest_diversity
@@ -116,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         return fail(f"{out} already exists and is not empty (use --force to replace it once the new run is complete)")
     try:
-        ds, data_config = load_dataset(args)
+        ds, data = training_data(args)
         config = model_config(args, ds)
         training = train_config(args)
     except (ValueError, OSError) as err:
@@ -127,20 +126,18 @@ def main(args: argparse.Namespace) -> int:
         device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     except DeviceError as err:
         return fail(f"--device {args.device}: {err}")
-    return run_training(ds, data_config, config, training, out, device,
+    return run_training(ds, data, config, training, out, device,
                         baselines=not args.no_baselines, quiet=args.quiet)
 
 
 # --------------------------------------------------------------------------------------- data
-def load_dataset(args: argparse.Namespace) -> tuple[SequenceDataset, dict]:
-    from model.data import build_dataset, load_interactions
-    from model.data import data_config
-    from model.data import resolve_data_source
-
+def training_data(args: argparse.Namespace) -> tuple[SequenceDataset, dict]:
+    """This rank's dataset (torchrun's RANK / WORLD_SIZE: a Parquet log is read in part, see
+    `model.data.load_dataset`) and the run's ``config.json["data"]``."""
     path = resolve_data_source(args.data)
     loader = {k: getattr(args, k) for k in ("fmt", "user_col", "item_col", "time_col", "sep") if getattr(args, k)}
-    interactions = load_interactions(path, **loader)
-    ds = build_dataset(interactions, k_core=args.k_core, seed=args.split_seed)
+    ds = load_dataset(path, k_core=args.k_core, seed=args.split_seed, rank=int(os.environ.get("RANK", "0")),
+                      world=int(os.environ.get("WORLD_SIZE", "1")), **loader)
     return ds, data_config(path, k_core=args.k_core, seed=args.split_seed, **loader)
 
 
@@ -225,6 +222,17 @@ def rank_batches(n: int, batch_size: int, rng: np.random.Generator, rank: int, w
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def shard_batches(n: int, batch_size: int, rng: np.random.Generator, device: torch.device) -> list[np.ndarray]:
+    """Mini-batches of a shuffled 0..n-1 of this rank's own samples, cut to the fewest any rank
+    holds: every rank takes the same number of steps (see `rank_batches`)."""
+    import torch.distributed as dist
+
+    fewest = torch.tensor([n], device=device)
+    dist.all_reduce(fewest, op=dist.ReduceOp.MIN)
+    order = rng.permutation(n)[:int(fewest)]
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 class Progress:
     """A plain-text progress line on stderr: epoch, step, loss, samples/s."""
 
@@ -250,7 +258,10 @@ def train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, ds: Sequ
     histories, targets, users = training_samples(ds, max_len, rng, config.samples_per_user or None)
     histories, targets = torch.as_tensor(histories), torch.as_tensor(targets)
     profiles = torch.as_tensor(ds.profile_matrix(users))
-    batches = rank_batches(len(targets), config.batch_size, rng, rank, world)
+    if ds.shard[1] > 1:  # samples of this rank's own train users (`load_dataset(rank, world)`)
+        batches = shard_batches(len(targets), config.batch_size, rng, device)
+    else:
+        batches = rank_batches(len(targets), config.batch_size, rng, rank, world)
     objective.train()
     total, seen, started = 0.0, 0, time.perf_counter()
     for step, rows in enumerate(batches, 1):
@@ -269,7 +280,7 @@ def fit(model: MIND, ds: SequenceDataset, config: TrainConfig, device: torch.dev
         progress: Progress, rank: int = 0, world: int = 1) -> FitResult:
     """Train until validation Recall@50 stops improving for ``patience`` evaluations; the best
     checkpoint is loaded back into ``model``."""
-    q = sampling_distribution(torch.as_tensor(ds.item_counts(ds.train_users)))
+    q = sampling_distribution(torch.as_tensor(ds.train_item_counts))
     objective: nn.Module = Objective(model, q, torch.Generator().manual_seed(config.seed))
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -376,7 +387,7 @@ def train_one(config: ModelConfig, ds: SequenceDataset, train_config: TrainConfi
 
 def save(model: MIND, metrics: dict, train_config: TrainConfig, data_config: dict, ds: SequenceDataset,
          out: Path) -> None:
-    counts = ds.item_counts(ds.train_users)
+    counts = ds.train_item_counts  # every train user's, also on a rank that holds a shard
     popularity = [int(i) for i in np.argsort(-counts[1:], kind="stable") + 1]
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     write_run_files(out, model.cpu(), train_config, data_config, ds.vocab_json(), ds.split_json(),

@@ -64,3 +64,33 @@ def test_a_bad_time_in_a_rank_s_row_group_names_the_row(tmp_path):
                              "ts": ["1", "2", "3", "later"]}), path, row_group_size=2)
     with pytest.raises(DataFormatError, match=r"log\.parquet:4: timestamp 'later'"):
         load_dataset(path, k_core=1, rank=1, world=2)
+
+
+def test_mind_train_under_torchrun_loads_only_its_rank_s_shard(tmp_path, monkeypatch):
+    """The DDP path of `mind train` (torchrun sets RANK / WORLD_SIZE) loads `load_dataset(rank,
+    world)`: each rank holds its train users' sequences only, the union is the single-process
+    dataset, and every rank writes the same config.json["data"]."""
+    import argparse
+
+    from model.train import configure_parser, training_data
+
+    path = write_log(tmp_path / "log.parquet", by_user=True)
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(["--data", str(path), "--out", str(tmp_path / "run"), "--k-core", "2"])
+    whole, whole_config = training_data(args)
+    assert whole.shard == (0, 1)
+    union = {}
+    for rank in range(WORLD):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(WORLD))
+        ds, config = training_data(args)
+        assert ds.shard == (rank, WORLD) and config == whole_config
+        assert ds.split_json() == whole.split_json()
+        np.testing.assert_array_equal(ds.train_item_counts, whole.train_item_counts)
+        others = set(whole.train_users.tolist()) - set(ds.local_train_users.tolist())
+        assert others and not others & set(ds.sequences)  # other ranks' train users are not held
+        union.update(ds.sequences)
+    assert union.keys() == whole.sequences.keys()
+    for user, sequence in whole.sequences.items():
+        np.testing.assert_array_equal(union[user], sequence)

@@ -222,3 +222,15 @@ def test_popularity_beyond_the_catalogue_exits_2_naming_it(tmp_path, capsys):
     (tmp_path / "run" / "popularity.json").write_text(json.dumps([3, N_ITEMS + 5]))
     code, err = export(["--run", tmp_path / "run", "--out", tmp_path / "b"], capsys)
     assert code == 2 and f"{tmp_path / 'run' / 'popularity.json'}: item index {N_ITEMS + 5}" in err
+
+
+def test_a_config_without_max_len_is_an_error_naming_the_file_in_the_caller_s_type():
+    from model.eval_sources import EvaluationError
+    from model.run import RunError, config_max_len
+
+    assert config_max_len({"model": {"max_len": 20}, "train": {"max_len": 5}}) == 20
+    assert config_max_len({"train": {"max_len": 5}}) == 5
+    with pytest.raises(RunError, match=r"^run/config\.json: no max_len"):
+        config_max_len({"model": {}}, "run/config.json")
+    with pytest.raises(EvaluationError, match=r"^run/config\.json: no max_len"):
+        config_max_len({}, "run/config.json", EvaluationError)
