@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from model.data import DataFormatError, detect_format, load_interactions
-from model.data.logs import MIN_DISTINCT_CAP, is_dense_enough
+from model.data import MIN_DISTINCT_CAP, is_dense_enough
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 

@@ -1,27 +1,29 @@
 """Interaction-log data: readers, id vocabularies, k-core, splits and samples.
 
-- `logs`: the columnar `Interactions`, errors, separator / column / side-feature rules and
-  the pyarrow reader with its line-numbering pass;
-- `readers`: `load_interactions` and the MovieLens, RecBole, CSV/TSV and Parquet formats;
+- `logs`: the columnar `Interactions`, errors, separator and column rules and the pyarrow
+  reader with its line-numbering pass;
+- `readers`: the MovieLens, RecBole, CSV/TSV and Parquet formats;
 - `dataset`: vocabularies, k-core, sequences, split, samples and hold-out;
-- `sources`: dataset names, GroupLens downloads and the synthetic dataset;
-- here, the entry points that join them: `load_dataset` (``--data`` to a dataset, per
-  data-parallel rank) and the data part of a run directory (``config.json["data"]``,
-  ``vocab.json``, ``split.json``: `data_config`, `rebuild_dataset`).
+- `sources`: dataset names and folders, GroupLens downloads and the synthetic dataset;
+- here, the entry points that join them: `load_interactions` (any format, with the
+  side-feature rules), `load_dataset` (``--data`` to a dataset, per data-parallel rank) and
+  the data part of a run directory (``config.json["data"]``, ``vocab.json``, ``split.json``).
 
 The public API (docs/architecture.md, "Data") is importable from here.
 """
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
 
 from model.data.dataset import (HISTORY_FRACTION, SequenceDataset, Vocab, assemble, build_dataset, holdout,
                                 index_log, split_users, training_samples)
-from model.data.logs import DataFormatError, Interactions, make_interactions
-from model.data.readers import (FORMATS, detect_format, interaction_file, load_interactions, read_parquet_ids,
-                                read_parquet_times)
+from model.data.logs import DataFormatError, Interactions, SideTable, make_interactions, separator
+from model.data.readers import FORMATS, detect_format, read_parquet_ids, read_parquet_times
 from model.data.sources import (DownloadError, SyntheticSpec, fetch_movielens, generate, generate_with_truth,
-                                resolve_data_source, write_recbole)
+                                interaction_file, resolve_data_source, write_recbole)
 
 __all__ = ["DataFormatError", "DownloadError", "FORMATS", "HISTORY_FRACTION", "Interactions", "RunDataMismatch",
            "SequenceDataset", "SyntheticSpec", "Vocab", "build_dataset", "data_config", "detect_format",
@@ -31,6 +33,65 @@ __all__ = ["DataFormatError", "DownloadError", "FORMATS", "HISTORY_FRACTION", "I
 
 LOADER_KEYS = ("fmt", "user_col", "item_col", "time_col", "sep", "user_features", "item_features")
 BUILD_KEYS = ("k_core", "seed", "split")
+# A categorical side column is used by default only when it has at most
+# max(MIN_DISTINCT_CAP, MAX_DISTINCT_FRACTION * rows) distinct values: ids-like columns
+# (zip codes, titles split into words) are too sparse to learn an embedding per value.
+MIN_DISTINCT_CAP = 100
+MAX_DISTINCT_FRACTION = 0.1
+
+
+def load_interactions(path, *, fmt=None, user_col=None, item_col=None, time_col=None, sep=None,
+                      user_features=None, item_features=None) -> Interactions:
+    """An interaction log and its side files. `user_features` / `item_features`: columns to
+    use (``[]``: none, ``None``: the format's defaults). Bad input raises `DataFormatError`."""
+    path = interaction_file(Path(path))
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise DataFormatError(path, None, f"unknown format {fmt!r}; known formats: {sorted(FORMATS)}")
+    given = {"user": user_col, "item": item_col, "time": time_col}
+    fixed = {k: v for k, v in (("user_col", user_col), ("item_col", item_col), ("time_col", time_col), ("sep", sep)) if v is not None}
+    if fmt.startswith("movielens") and fixed:
+        raise DataFormatError(path, None, f"{fmt} has fixed columns, so {sorted(fixed)} cannot apply; "
+                                          f"use fmt='csv' or 'tsv' to name columns")
+    log, users, items = FORMATS[fmt](path, separator(path, fmt, sep), given, user_features, item_features)
+    profiles = profile_values(choose_features(users[0], user_features, "token", users[1]))
+    features = choose_features(items[0], item_features, "token_seq", items[1])
+    pa.default_memory_pool().release_unused()  # the read's buffers: ~100 MiB at 2M rows, else kept by the pool
+    return Interactions(log.user_codes, log.user_keys, log.item_codes, log.item_keys, log.timestamps, profiles, features)
+
+
+def is_dense_enough(n_distinct: int, n_rows: int) -> bool:
+    """The default rule for using a categorical side column (see MIN_DISTINCT_CAP)."""
+    return n_distinct <= max(MIN_DISTINCT_CAP, MAX_DISTINCT_FRACTION * n_rows)
+
+
+def choose_features(side: SideTable | None, requested: list[str] | None, default_kind: str,
+                    expected: Path) -> dict[str, dict[str, list[str]]]:
+    """The side table restricted to the requested columns, or by default to the columns of
+    `default_kind` that pass `is_dense_enough`; empty token lists are dropped. Requesting a
+    column of an absent file or one the file lacks raises."""
+    if side is None:
+        if requested:
+            raise DataFormatError(expected, None, f"features {requested} requested but this side file does not exist")
+        return {}
+    if requested is None:
+        columns = [c for c, kind in side.kinds.items() if kind == default_kind and _dense(side.rows, c)]
+    else:
+        missing = [c for c in requested if c not in side.kinds]
+        if missing:
+            raise DataFormatError(side.path, 1, f"missing requested feature column(s) {missing}; categorical columns are {list(side.kinds)}")
+        columns = list(requested)
+    return {rid: {c: row[c] for c in columns if row.get(c)} for rid, row in side.rows.items()}
+
+
+def _dense(rows: dict[str, dict[str, list[str]]], column: str) -> bool:
+    values = {tok for row in rows.values() for tok in row.get(column, ())}
+    return bool(values) and is_dense_enough(len(values), len(rows))
+
+
+def profile_values(table: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, str]]:
+    """A user side table with single-token values as the contract's {user: {feature: value}}."""
+    return {uid: {c: toks[0] for c, toks in row.items() if toks} for uid, row in table.items()}
 
 
 def load_dataset(source, *, k_core: int = 5, seed: int = 2020, split=(0.8, 0.1, 0.1), rank: int = 0,

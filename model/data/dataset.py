@@ -1,12 +1,9 @@
-"""From an interaction log to the model's view (spec section 3): id vocabularies, the
-iterative k-core filter, chronological sequences, side-feature matrices, the seeded user
-split, training samples and held-out cases.
+"""From an interaction log to the model's view (spec section 3): vocabularies, the k-core
+filter, sequences, side-feature matrices, the seeded user split, samples and held-out cases.
 
-Conventions (docs/architecture.md): item and user indices are contiguous, ``0`` = padding /
-unknown. User and item vocabularies are in natural id order (all-digit ids numerically, then
-the rest as strings), so the seeded split does not depend on the row order of the file;
-side-feature vocabularies are in order of first appearance. Histories are (rows, max_len)
-int64, left-padded with 0, most recent item last.
+Indices are contiguous, ``0`` = padding / unknown. User and item vocabularies are in natural
+id order (all-digit ids numerically, then text), so the split does not depend on the file's
+row order. Histories are (rows, max_len) int64, left-padded with 0, most recent item last.
 """
 from __future__ import annotations
 
@@ -39,12 +36,10 @@ class Vocab:
         object.__setattr__(self, "_index", {t: i for i, t in enumerate(self.tokens) if i})
 
     @classmethod
-    def from_tokens(cls, tokens) -> "Vocab":
-        """A vocabulary of the distinct `tokens` in first-seen order (after the pad)."""
+    def from_tokens(cls, tokens) -> "Vocab":  # distinct tokens in first-seen order
         return cls((PAD, *dict.fromkeys(str(t) for t in tokens)))
 
-    def indices(self, tokens) -> np.ndarray:
-        """(n,) int64 indices of `tokens`, 0 where unknown."""
+    def indices(self, tokens) -> np.ndarray:  # (n,) int64, 0 = unknown
         get = self._index.get
         return np.fromiter((get(t, 0) for t in tokens), dtype=np.int64, count=len(tokens))
 
@@ -75,18 +70,15 @@ class SequenceDataset:
         return len(self.items) - 1
 
     @property
-    def local_train_users(self) -> np.ndarray:
-        """The train users whose sequences this rank holds: ``train_users[rank::world]``."""
-        rank, world = self.shard
-        return self.train_users[rank::world]
-
-    @property
     def n_users(self) -> int:
         return len(self.users) - 1
 
     @property
-    def profile_features(self) -> tuple[str, ...]:
-        """Profile feature names in the fixed order of `profile_matrix`'s columns."""
+    def local_train_users(self) -> np.ndarray:  # the train users whose sequences this rank holds
+        return self.train_users[self.shard[0]::self.shard[1]]
+
+    @property
+    def profile_features(self) -> tuple[str, ...]:  # the column order of `profile_matrix`
         return tuple(self.user_profile)
 
     def profile_matrix(self, users: np.ndarray) -> np.ndarray:
@@ -102,21 +94,18 @@ class SequenceDataset:
         return np.bincount(flat, minlength=self.n_items + 1).astype(np.int64)
 
     def stats(self) -> dict:
-        """Sizes for logs and reports: users, items, interactions, split sizes, feature names."""
         return {"users": self.n_users, "items": self.n_items,
                 "interactions": int(sum(len(s) for s in self.sequences.values())),
                 "train_users": len(self.train_users), "val_users": len(self.val_users),
                 "test_users": len(self.test_users), "profile_features": list(self.profile_features),
                 "item_side_features": list(self.item_side)}
 
-    def vocab_json(self) -> dict:
-        """The run directory's ``vocab.json`` content."""
+    def vocab_json(self) -> dict:  # the run's vocab.json
         return {"items": self.items.to_json(), "users": self.users.to_json(),
                 "item_side": {f: v.to_json() for f, v in self.item_side_vocabs.items()},
                 "user_profile": {f: v.to_json() for f, v in self.user_profile_vocabs.items()}}
 
-    def split_json(self) -> dict:
-        """The run directory's ``split.json`` content (external user ids)."""
+    def split_json(self) -> dict:  # the run's split.json, external user ids
         ids = self.users.tokens
         return {name: [ids[u] for u in part] for name, part in
                 (("train", self.train_users), ("validation", self.val_users), ("test", self.test_users))}
@@ -124,12 +113,8 @@ class SequenceDataset:
 
 def build_dataset(interactions: Interactions, *, k_core: int = 5, seed: int = 2020,
                   split=(0.8, 0.1, 0.1), rank: int = 0, world: int = 1) -> SequenceDataset:
-    """Filter, index, order and split `interactions` (see the module docstring).
-
-    Sequences are sorted by timestamp, ties kept in file order. With ``world > 1`` only the
-    sequences of this rank's train users and of every validation / test user are kept (see
-    `load_dataset`). Raises ValueError when the k-core filter leaves nothing.
-    """
+    """Filter, index, order (by time, ties in file order) and split `interactions`; with
+    ``world > 1`` only this rank's sequences are kept (see `load_dataset`)."""
     return assemble(interactions, index_log(interactions, k_core, seed, split), rank, world)
 
 
@@ -144,12 +129,13 @@ class LogIndex:
     item_index: np.ndarray
     split: tuple[np.ndarray, np.ndarray, np.ndarray]  # train, validation, test user indices
 
-    def rows_of(self, log: Interactions, rank: int, world: int) -> np.ndarray:
-        """(N,) bool: kept rows of ``train[rank::world]`` and of every validation / test user."""
-        if world <= 1:
+    def rows_of(self, log: Interactions, rank: int, world: int, train_only: bool = False) -> np.ndarray:
+        """(N,) bool: kept rows of ``train[rank::world]`` and, unless `train_only`, of every
+        validation / test user."""
+        if world <= 1 and not train_only:
             return self.keep
         mine = np.zeros(len(self.users), dtype=bool)
-        mine[np.concatenate([self.split[0][rank::world], *self.split[1:]])] = True
+        mine[np.concatenate([self.split[0][rank::world], *(() if train_only else self.split[1:])])] = True
         return self.keep & mine[self.user_index[log.user_codes]]
 
 
@@ -177,9 +163,7 @@ def assemble(log: Interactions, index: LogIndex, rank: int = 0, world: int = 1) 
     starts = np.r_[0, np.flatnonzero(np.diff(user_idx)) + 1]  # (U,) first position of each user
     ends = np.r_[starts[1:], len(order)].tolist()
     sequences = {u: item_idx[a:b] for u, a, b in zip(user_idx[starts].tolist(), starts.tolist(), ends)}
-    is_train = np.zeros(len(index.users), dtype=bool)
-    is_train[index.split[0]] = True
-    train_rows = index.keep & is_train[index.user_index[log.user_codes]]
+    train_rows = index.rows_of(log, 0, 1, train_only=True)
     counts = np.bincount(index.item_index[log.item_codes[train_rows]], minlength=len(index.items)).astype(np.int64)
     item_side, item_side_vocabs = _item_side(index.items, log.item_features)
     user_profile, user_profile_vocabs = _user_profile(index.users, log.user_profiles)
@@ -188,9 +172,8 @@ def assemble(log: Interactions, index: LogIndex, rank: int = 0, world: int = 1) 
 
 
 def k_core_mask(user_codes: np.ndarray, item_codes: np.ndarray, k: int) -> np.ndarray:
-    """(N,) bool: the interactions that survive repeatedly dropping users and items with
-    fewer than `k` interactions until every remaining user and item has at least `k`.
-    Repeated (user, item) pairs count once per row. ``k <= 1`` keeps everything."""
+    """(N,) bool: the rows left once users and items with fewer than `k` rows are dropped
+    until none is left (a repeated pair counts once per row)."""
     n = len(user_codes)
     if k <= 1 or n == 0:
         return np.ones(n, dtype=bool)
@@ -207,17 +190,13 @@ def k_core_mask(user_codes: np.ndarray, item_codes: np.ndarray, k: int) -> np.nd
     return keep
 
 
-def natural_key(token: str) -> tuple:
-    """Sort key: all-digit ids by value (ties by text), before any other id, by text."""
-    return (0, int(token), token) if token.isascii() and token.isdigit() else (1, 0, token)
-
-
 def natural_order(tokens: np.ndarray) -> np.ndarray:
-    """Indices that sort `tokens` ((V,) object str) by `natural_key`, vectorised: ASCII digit
-    ids by (value, text), then the rest by text (UTF-8 byte order is code point order)."""
+    """Indices that sort `tokens` ((V,) object str) in natural id order: ASCII digit ids by
+    (value, text), then the rest by text (UTF-8 byte order is code point order)."""
     text = pa.array(tokens, pa.string())
-    if pc.any(pc.match_substring_regex(text, f"^[0-9]{{{INT64_DIGITS + 1},}}$")).as_py():
-        return np.array(sorted(range(len(tokens)), key=lambda j: natural_key(tokens[j])), dtype=np.int64)
+    if pc.any(pc.match_substring_regex(text, f"^[0-9]{{{INT64_DIGITS + 1},}}$")).as_py():  # past int64
+        keys = [(0, int(t), t) if t.isascii() and t.isdigit() else (1, 0, t) for t in tokens]
+        return np.array(sorted(range(len(tokens)), key=keys.__getitem__), dtype=np.int64)
     digits = pc.match_substring_regex(text, "^[0-9]+$")
     values = pc.cast(pc.if_else(digits, text, "0"), pa.int64()).to_numpy()
     text_rank = np.empty(len(tokens), dtype=np.int64)
@@ -248,9 +227,8 @@ def split_users(n_users: int, seed: int, split=(0.8, 0.1, 0.1)) -> tuple[np.ndar
 
 def _item_side(items: Vocab, features: dict[str, dict[str, list[str]]]) -> tuple[dict, dict]:
     """Per feature: a (n_items + 1, T) int64 token matrix (0-padded) and its vocabulary."""
-    names = list(dict.fromkeys(f for item in items.tokens[1:] for f in features.get(item, {}))) if features else []
     matrices, vocabs = {}, {}
-    for name in names:
+    for name in _feature_names(items, features):
         token_lists = [features.get(item, {}).get(name, []) for item in items.tokens[1:]]
         vocab = Vocab.from_tokens(t for toks in token_lists for t in toks)
         width = max(1, max(len(toks) for toks in token_lists))
@@ -263,9 +241,8 @@ def _item_side(items: Vocab, features: dict[str, dict[str, list[str]]]) -> tuple
 
 def _user_profile(users: Vocab, profiles: dict[str, dict[str, str]]) -> tuple[dict, dict]:
     """Per feature: a (n_users + 1,) int64 value index (0 = unknown) and its vocabulary."""
-    names = list(dict.fromkeys(f for user in users.tokens[1:] for f in profiles.get(user, {}))) if profiles else []
     columns, vocabs = {}, {}
-    for name in names:
+    for name in _feature_names(users, profiles):
         values = [profiles.get(user, {}).get(name) for user in users.tokens[1:]]
         vocab = Vocab.from_tokens(v for v in values if v is not None)
         columns[name] = np.concatenate([[0], vocab.indices(values)]).astype(np.int64)
@@ -273,19 +250,17 @@ def _user_profile(users: Vocab, profiles: dict[str, dict[str, str]]) -> tuple[di
     return columns, vocabs
 
 
+def _feature_names(vocab: Vocab, table: dict[str, dict]) -> list[str]:
+    """Feature names in order of first appearance over the vocabulary's ids."""
+    return list(dict.fromkeys(f for key in vocab.tokens[1:] for f in table.get(key, {}))) if table else []
+
+
 def training_samples(ds: SequenceDataset, max_len: int, rng: np.random.Generator | None = None,
                      max_per_user: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (history, target) pair of this rank's train users' sequences
-    (`SequenceDataset.local_train_users`: every train user in a single process).
-
-    For train user u and position t >= 1 of its sequence s: history = s[max(0, t - max_len):t]
-    left-padded to `max_len`, target = s[t]. With `max_per_user`, at most that many positions
-    per user are drawn without replacement from `rng` (``default_rng(0)`` when None); call
-    again each epoch for fresh positions. Rows come user by user (in ``ds.local_train_users``
-    order), positions ascending; shuffle them yourself.
-
-    Returns histories (S, max_len) int64, targets (S,) int64, users (S,) int64 user indices.
-    """
+    """(histories (S, max_len), targets (S,), users (S,)) int64 of this rank's train users
+    (`local_train_users`): for position t >= 1 of sequence s, history = s[t - max_len:t]
+    left-padded, target = s[t]. `max_per_user` draws at most that many positions per user from
+    `rng` (``default_rng(0)`` when None). Rows come user by user, positions ascending."""
     train = np.asarray(ds.local_train_users, dtype=np.int64)
     seqs = [ds.sequences[int(u)] for u in train]
     if not seqs:
@@ -311,16 +286,9 @@ def training_samples(ds: SequenceDataset, max_len: int, rng: np.random.Generator
 
 def holdout(ds: SequenceDataset, users, max_len: int,
             history_frac: float = HISTORY_FRACTION) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """Evaluation cases for `users` (validation or test user indices).
-
-    A sequence of n items splits at h = floor(n * history_frac), clamped to 1 <= h <= n - 1
-    so that both parts are non-empty: history = the last `max_len` of s[:h] (left-padded),
-    targets = s[h:] in time order. Users with fewer than 2 items cannot be split and are
-    left out, so use the returned `users`.
-
-    Returns histories (U, max_len) int64, targets (list of U (n_u - h_u,) int64 arrays),
-    users (U,) int64.
-    """
+    """(histories (U, max_len), targets [U x (n_u - h_u,)], users (U,)) int64 of `users`: a
+    sequence splits at h = floor(n * history_frac) clamped to [1, n - 1]; history = the last
+    `max_len` of s[:h] left-padded, targets = s[h:]. Users with < 2 items are left out."""
     kept, histories, targets = [], [], []
     for user in np.asarray(users, dtype=np.int64):
         seq = ds.sequences[int(user)]

@@ -1,12 +1,9 @@
-"""The loaded interaction log and how text and Parquet tables become one: the columnar
-`Interactions`, the loader error, the separator and column-guessing rules, the side-feature
-rules, and the reader every format goes through (pyarrow, with a line-numbering pass that
-runs only when the fast read finds a problem, so errors still name the file and line).
+"""The columnar `Interactions`, the loader error, the separator, column and side-feature
+rules, and the reader every format goes through: pyarrow, with a line-numbering pass that runs
+only when the fast read finds a problem, so errors still name the file and line.
 
-External ids (users, items, feature values) are opaque, stripped strings. Timestamps are
-float64 seconds (or any monotone number); a log without a time column gets its file order
-(0, 1, 2, ...) as timestamps, so sequences then follow the file.
-"""
+Ids are opaque, stripped strings; timestamps float64 (a log without a time column gets its
+file order 0, 1, 2, ...)."""
 from __future__ import annotations
 
 import csv
@@ -21,11 +18,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-# A categorical side column is used by default only when it has at most
-# max(MIN_DISTINCT_CAP, MAX_DISTINCT_FRACTION * rows) distinct values: ids-like columns
-# (zip codes, titles split into words) are too sparse to learn an embedding per value.
-MIN_DISTINCT_CAP = 100
-MAX_DISTINCT_FRACTION = 0.1
 # Column names tried, case-insensitively and in this order, when a role is not named.
 GUESSES = {"user": ("user_id", "user", "userid", "uid", "visitorid", "customer_id"),
            "item": ("item_id", "item", "itemid", "movieid", "iid", "product_id", "productid"),
@@ -54,7 +46,6 @@ class Invalid(Exception):
 @dataclass(frozen=True, eq=False)
 class Interactions:
     """An interaction log in file order, one row per event; ids are codes into id tables."""
-
     user_codes: np.ndarray  # (N,) int32 index into user_keys
     user_keys: np.ndarray  # (U,) object: distinct external user ids
     item_codes: np.ndarray  # (N,) int32 index into item_keys
@@ -64,8 +55,7 @@ class Interactions:
     item_features: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # item -> {feature: [tokens]}
 
     @property
-    def user_ids(self) -> np.ndarray:
-        """(N,) object: the external user id of every row."""
+    def user_ids(self) -> np.ndarray:  # (N,) object external ids
         return self.user_keys[self.user_codes]
 
     @property
@@ -77,8 +67,7 @@ class Interactions:
 
 
 def make_interactions(users, items, times, user_profiles: dict | None = None,
-                      item_features: dict | None = None) -> Interactions:
-    """`Interactions` from parallel columns of external ids and times."""
+                      item_features: dict | None = None) -> Interactions:  # from parallel columns
     user_codes, user_keys = encode(pa.array(list(users), pa.string()))
     item_codes, item_keys = encode(pa.array(list(items), pa.string()))
     return Interactions(user_codes, user_keys, item_codes, item_keys, np.asarray(times, dtype=np.float64),
@@ -143,19 +132,10 @@ def timestamps(column: pa.ChunkedArray) -> np.ndarray:
     return values
 
 
-def require_id(text: str, what: str, path: str | Path, line: int) -> str:
-    """A stripped, non-empty external id; raises naming the file and line otherwise."""
-    value = text.strip()
-    if not value:
-        raise DataFormatError(path, line, f"empty {what}")
-    return value
-
-
 # ---- separators and columns -----------------------------------------------------------------
 
 def separator(path: Path, fmt: str, sep: str | None = None) -> str:
-    """The one separator rule: `sep` when given; tab for tsv, RecBole and ml-100k; ``::``
-    for ``.dat``; ``,`` for ``.csv``; otherwise tab when the first line holds one, else ``,``."""
+    """The one separator rule; a generic file is tab-separated when its first line holds one."""
     if sep:
         return sep
     fixed = {"tsv": "\t", "recbole": "\t", "movielens-100k": "\t", "movielens-dat": "::", "movielens-csv": ","}
@@ -187,60 +167,19 @@ def pick_columns(path: Path, line: int, header: list[str], given: dict[str, str 
     return chosen
 
 
-# ---- side features ----------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class SideTable:
     """Per-user or per-item categorical columns of a side file: {row id: {column: [tokens]}}."""
-
     path: Path
     rows: dict[str, dict[str, list[str]]]
     kinds: dict[str, str]  # column -> "token" (one value) or "token_seq" (a token list)
 
 
-def is_dense_enough(n_distinct: int, n_rows: int) -> bool:
-    """The default rule for using a categorical side column (see MIN_DISTINCT_CAP)."""
-    return n_distinct <= max(MIN_DISTINCT_CAP, MAX_DISTINCT_FRACTION * n_rows)
-
-
-def choose_features(side: SideTable | None, requested: list[str] | None, default_kind: str,
-                    expected: Path) -> dict[str, dict[str, list[str]]]:
-    """The side table restricted to the requested columns, or by default to the columns of
-    `default_kind` that pass `is_dense_enough`; empty token lists are dropped. Requesting a
-    column of an absent file or one the file lacks raises."""
-    if side is None:
-        if requested:
-            raise DataFormatError(expected, None, f"features {requested} requested but this side file does not exist")
-        return {}
-    if requested is None:
-        columns = [c for c, kind in side.kinds.items() if kind == default_kind and _dense(side.rows, c)]
-    else:
-        missing = [c for c in requested if c not in side.kinds]
-        if missing:
-            raise DataFormatError(side.path, 1, f"missing requested feature column(s) {missing}; categorical columns are {list(side.kinds)}")
-        columns = list(requested)
-    return {rid: {c: row[c] for c in columns if row.get(c)} for rid, row in side.rows.items()}
-
-
-def _dense(rows: dict[str, dict[str, list[str]]], column: str) -> bool:
-    values = {tok for row in rows.values() for tok in row.get(column, ())}
-    return bool(values) and is_dense_enough(len(values), len(rows))
-
-
-def profile_values(table: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, str]]:
-    """A user side table with single-token values as the contract's {user: {feature: value}}."""
-    return {uid: {c: toks[0] for c, toks in row.items() if toks} for uid, row in table.items()}
-
-
 # ---- reading text -------------------------------------------------------------------------------
 
 def read_rows(path: Path, sep: str, *, encoding: str = "utf-8") -> Rows:
-    """Yield ``(line, fields)`` for every non-blank line of `path`: the line-numbering pass.
-
-    A ``,`` separator parses CSV quoting (fields holding the separator); other separators
-    (which may be several characters, e.g. ``::``) split each line as is. Undecodable bytes
-    raise `DataFormatError` naming the line.
-    """
+    """``(line, fields)`` of every non-blank line: the line-numbering pass. ``,`` parses CSV
+    quoting; other separators (``::`` too) split each line as is."""
     with open(path, "rb") as handle:
         lines = _decoded_lines(handle, path, encoding)
         if sep == ",":
@@ -259,7 +198,6 @@ def read_rows(path: Path, sep: str, *, encoding: str = "utf-8") -> Rows:
 
 
 def _decoded_lines(handle, path: Path, encoding: str) -> Iterator[str]:
-    """The lines of a binary file as text, an undecodable line raising with its number."""
     for line, raw in enumerate(handle, 1):
         if line == 1 and raw.startswith(UTF8_BOM):  # spreadsheet exports start with one
             raw = raw[len(UTF8_BOM):]
@@ -270,8 +208,7 @@ def _decoded_lines(handle, path: Path, encoding: str) -> Iterator[str]:
 
 
 def first_line(path: Path) -> str:
-    """The first non-blank line (decoded leniently: detection only)."""
-    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:  # lenient: for detection only
         return next((text.rstrip("\r\n") for text in handle if text.strip()), "")
 
 
@@ -284,10 +221,9 @@ def header_row(path: Path, sep: str, encoding: str = "utf-8") -> tuple[int, list
 
 def read_columns(path: Path, sep: str, n_fields: int, kinds: dict[int, str], build, *, skip: int = 0,
                  encoding: str = "utf-8"):
-    """`build` ({position: column} -> result) over the columns `kinds` ({position: kind},
-    kinds in `CHECK_ORDER`) of a delimited file with `n_fields` fields a row, after `skip`
-    lines. pyarrow reads; when it or `build` finds any problem (`Invalid`), the line pass
-    runs instead and raises `DataFormatError` at the first bad line, else feeds `build`."""
+    """`build` ({position: column} -> result) over the columns `kinds` ({position: kind}) of a
+    delimited file, after `skip` lines. When pyarrow or `build` finds a problem (`Invalid`),
+    the line pass runs instead and names the first bad line."""
     try:
         return build(_arrow_columns(path, sep, n_fields, kinds, skip, encoding))
     except (Invalid, pa.ArrowException):
@@ -296,27 +232,26 @@ def read_columns(path: Path, sep: str, n_fields: int, kinds: dict[int, str], bui
 
 
 def checked_columns(path: Path, rows, n_fields: int | None, kinds: dict) -> dict[int, pa.ChunkedArray]:
-    """The line pass: `rows` ((line, cells) in file order) checked one by one for the column
-    count, non-empty stripped ids and timestamps, raising `DataFormatError` at the first bad
-    line; else the columns `kinds` as pyarrow arrays."""
+    """The line pass: `rows` ((line, cells)) checked one by one, `DataFormatError` at the first
+    bad line; else the columns `kinds` as pyarrow arrays."""
     checks = sorted(kinds.items(), key=lambda kv: CHECK_ORDER.index(kv[1]))
     cells: dict = {key: [] for key in kinds}
     for line, fields in rows:
         if n_fields is not None and len(fields) != n_fields:
             raise DataFormatError(path, line, f"expected {n_fields} columns, found {len(fields)}")
         for key, kind in checks:
-            text = fields[key]
-            cells[key].append(parse_timestamp(text, path, line) if kind == "time" else
-                              text if kind == "text" else require_id(text, kind, path, line))
+            text = fields[key] if kind in ("time", "text") else fields[key].strip()  # an id
+            if not text and kind.endswith("id"):
+                raise DataFormatError(path, line, f"empty {kind}")
+            cells[key].append(parse_timestamp(text, path, line) if kind == "time" else text)
     return {key: pa.chunked_array([pa.array(values, pa.float64() if kinds[key] == "time" else pa.string())])
             for key, values in cells.items()}
 
 
 def _arrow_columns(path: Path, sep: str, n_fields: int, kinds: dict[int, str], skip: int,
                    encoding: str) -> dict[int, pa.ChunkedArray]:
-    """pyarrow's read of the `kinds` columns: ids as dictionary codes, times as float64 (as
-    text when they are not plain numbers). ``::`` is read as ``:`` with every other field
-    required to be empty."""
+    """pyarrow's read of the `kinds` columns: ids as dictionary codes, times as float64 (text
+    when not plain numbers). ``::`` is read as ``:``, every other field required empty."""
     doubled = len(sep) == 2 and sep[0] == sep[1]
     if len(sep) > 1 and not doubled:
         raise Invalid("a separator pyarrow cannot read")
@@ -345,20 +280,18 @@ def _arrow_columns(path: Path, sep: str, n_fields: int, kinds: dict[int, str], s
 
 def log_columns(path: Path, sep: str, n_fields: int, at: dict[str, int | None], *, extra=(),
                 skip: int = 0, encoding: str = "utf-8") -> tuple[Interactions, dict[int, pa.ChunkedArray]]:
-    """The log at positions `at` ({"user", "item", "time": position or None}) of a delimited
-    file, and its `extra` text columns; errors name the file and line."""
+    """The log at positions `at` ({role: position or None}) of a delimited file, and its
+    `extra` text columns."""
     return read_columns(path, sep, n_fields, log_kinds(at, extra), lambda c: from_columns(path, c, at),
                         skip=skip, encoding=encoding)
 
 
 def log_kinds(at: dict[str, int | None], extra=()) -> dict[int, str]:
-    """{position: kind} of a log's columns: its ids, its time and `extra` text columns."""
     roles = (("user", "user id"), ("item", "item id"), ("time", "time"))
     return {**dict.fromkeys(extra, "text"), **{at[r]: kind for r, kind in roles if at[r] is not None}}
 
 
 def from_columns(path: Path, columns: dict, at: dict) -> tuple[Interactions, dict]:
-    """`Interactions` (without side features) from read columns, and the columns."""
     user_codes, user_keys = encode(columns[at["user"]])
     item_codes, item_keys = encode(columns[at["item"]])
     if not len(user_codes):

@@ -1,4 +1,4 @@
-"""`load_interactions`: one entry point for every interaction-log format users have.
+"""The interaction-log formats `model.data.load_interactions` reads, and their side files.
 
 | fmt | file | detected by |
 | --- | --- | --- |
@@ -9,12 +9,10 @@
 | ``csv`` / ``tsv`` | any table with a header row | ``.csv`` / ``.tsv`` / ``.txt`` / ``.tab`` |
 | ``parquet`` | any Parquet table | ``.parquet`` / ``.pq`` |
 
-A folder is accepted when it holds exactly one recognisable interaction file. MovieLens side
-files are latin-1. RecBole side files: users get their ``token`` columns, items their
-``token_seq`` columns (space-separated lists), each subject to the cardinality rule
-(`logs.is_dense_enough`). A generic table's side features are named columns of the same
-table: a user feature takes the user's first row's value, an item feature cell is a
-``|``-separated token list (the item's first row wins).
+A folder may hold exactly one interaction file. MovieLens side files are latin-1. RecBole
+users get their ``token`` columns, items their ``token_seq`` columns, subject to
+`model.data.is_dense_enough`. A generic table's side features are its own columns, taken from each
+user's / item's first row; an item feature cell is a ``|``-separated token list.
 """
 from __future__ import annotations
 
@@ -25,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from model.data.logs import (DataFormatError, Interactions, Invalid, SideTable, checked_columns, choose_features,
-                             first_line, from_columns, header_row, log_columns, log_kinds, pick_columns,
-                             profile_values, read_rows, separator, side_rows, timestamps)
+from model.data.logs import (DataFormatError, Interactions, Invalid, SideTable, checked_columns, first_line,
+                             from_columns, header_row, log_columns, log_kinds, pick_columns, read_rows, side_rows,
+                             timestamps)
 
 LATIN1 = "latin-1"
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -35,35 +33,12 @@ ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "C
                  "Romance", "Sci-Fi", "Thriller", "War", "Western")
 NO_GENRES = "(no genres listed)"
 ITEM_TOKEN_SEP = "|"
-FOLDER_ENTRIES = ("u.data", "ratings.dat", "ratings.csv")
 TYPED_HEADER_MARKERS = (":token", ":float")
 KNOWN_TYPES = ("token", "token_seq", "float", "float_seq")
+PASSED_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_dictionary, pa.types.is_integer,
+                pa.types.is_floating)  # Parquet column types read as they are
 MOVIELENS_AT = {"user": 0, "item": 1, "time": 3}  # user, item, rating, timestamp
 GENRE_KIND = {"genre": "token_seq"}
-
-
-def load_interactions(path, *, fmt=None, user_col=None, item_col=None, time_col=None, sep=None,
-                      user_features=None, item_features=None) -> Interactions:
-    """Read an interaction log (and its side files) into `Interactions`.
-
-    `user_features` / `item_features`: column names to use (``[]`` for none); ``None`` picks
-    the format's defaults. Raises `DataFormatError` (``FILE:LINE: problem``) on bad input and
-    `FileNotFoundError` when `path` does not exist.
-    """
-    path = interaction_file(Path(path))
-    fmt = fmt or detect_format(path)
-    if fmt not in FORMATS:
-        raise DataFormatError(path, None, f"unknown format {fmt!r}; known formats: {sorted(FORMATS)}")
-    given = {"user": user_col, "item": item_col, "time": time_col}
-    fixed = {k: v for k, v in (("user_col", user_col), ("item_col", item_col), ("time_col", time_col), ("sep", sep)) if v is not None}
-    if fmt.startswith("movielens") and fixed:
-        raise DataFormatError(path, None, f"{fmt} has fixed columns, so {sorted(fixed)} cannot apply; "
-                                          f"use fmt='csv' or 'tsv' to name columns")
-    log, users, items = FORMATS[fmt](path, separator(path, fmt, sep), given, user_features, item_features)
-    profiles = profile_values(choose_features(users[0], user_features, "token", users[1]))
-    features = choose_features(items[0], item_features, "token_seq", items[1])
-    pa.default_memory_pool().release_unused()  # the read's buffers: ~100 MiB at 2M rows, else kept by the pool
-    return Interactions(log.user_codes, log.user_keys, log.item_codes, log.item_keys, log.timestamps, profiles, features)
 
 
 def detect_format(path: Path) -> str:
@@ -91,39 +66,32 @@ def detect_format(path: Path) -> str:
                                       f"pass fmt= one of {sorted(FORMATS)}")
 
 
-def interaction_file(path: Path) -> Path:
-    """`path` itself, or the single interaction file inside a folder."""
-    if not path.exists():
-        raise FileNotFoundError(f"interaction log not found: {path}")
-    if not path.is_dir():
-        return path
-    found = [path / n for n in FOLDER_ENTRIES if (path / n).is_file()] + sorted(path.glob("*.inter"))
-    if len(found) != 1:
-        raise DataFormatError(path, None, f"folder must hold exactly one interaction file ({', '.join(FOLDER_ENTRIES)} or *.inter); found {[p.name for p in found]}")
-    return found[0]
-
-
 # A reader: (path, sep, given columns, user_features, item_features) ->
 #   (log, (user SideTable | None, its path), (item SideTable | None, its path))
 
-def read_udata(path: Path, sep: str, given, user_features, item_features):
+def read_udata(path: Path, sep: str, *_):
     """ml-100k ``u.data`` (``user item rating timestamp``) with ``u.user`` / ``u.item``."""
-    log, _ = log_columns(path, sep, 4, MOVIELENS_AT, encoding=LATIN1)
-    folder = path.parent
-    genres = _udata_genre_names(folder / "u.genre")
-    users = _movielens_users(folder / "u.user", "|", {"age": 1, "gender": 2, "occupation": 3, "zip_code": 4})
-    items = _movielens_side(folder / "u.item", "|", 5 + len(genres), GENRE_KIND, lambda f: {
-        "genre": [g for g, flag in zip(genres, f[5:]) if flag.strip() == "1"]})
-    return log, (users, folder / "u.user"), (items, folder / "u.item")
+    genres = _udata_genre_names(path.parent / "u.genre")
+    return _movielens(path, sep, ("u.user", "|", {"age": 1, "gender": 2, "occupation": 3, "zip_code": 4}),
+                      ("u.item", "|", 5 + len(genres)),
+                      lambda f: {"genre": [g for g, flag in zip(genres, f[5:]) if flag.strip() == "1"]})
 
 
-def read_dat(path: Path, sep: str, given, user_features, item_features):
+def read_dat(path: Path, sep: str, *_):
     """ml-1m / ml-10m ``ratings.dat`` with ``users.dat`` / ``movies.dat``."""
+    return _movielens(path, sep, ("users.dat", sep, {"gender": 1, "age": 2, "occupation": 3, "zip_code": 4}),
+                      ("movies.dat", sep, 3), lambda f: {"genre": _genre_list(f[2])})
+
+
+def _movielens(path: Path, sep: str, user_file: tuple, item_file: tuple, genres_of):
+    """A MovieLens log (user, item, rating, time) with its latin-1 side files, id first:
+    `user_file` (name, sep, {column: position}), `item_file` (name, sep, fields a row)."""
     log, _ = log_columns(path, sep, 4, MOVIELENS_AT, encoding=LATIN1)
-    folder = path.parent
-    users = _movielens_users(folder / "users.dat", sep, {"gender": 1, "age": 2, "occupation": 3, "zip_code": 4})
-    items = _movielens_side(folder / "movies.dat", sep, 3, GENRE_KIND, lambda f: {"genre": _genre_list(f[2])})
-    return log, (users, folder / "users.dat"), (items, folder / "movies.dat")
+    (user_name, user_sep, at), (item_name, item_sep, n_fields) = user_file, item_file
+    users = _movielens_side(path.parent / user_name, user_sep, 1 + len(at), dict.fromkeys(at, "token"),
+                            lambda f: {n: [f[i].strip()] for n, i in at.items() if f[i].strip()})
+    items = _movielens_side(path.parent / item_name, item_sep, n_fields, GENRE_KIND, genres_of)
+    return log, (users, path.parent / user_name), (items, path.parent / item_name)
 
 
 def read_latest_csv(path: Path, sep: str, given, user_features, item_features):
@@ -165,9 +133,7 @@ def read_delimited(path: Path, sep: str, given, user_features, item_features):
 
 def read_parquet(path: Path, sep: str, given, user_features, item_features):
     """A Parquet table; errors name the 1-based row as the line."""
-    reader = _parquet(path)
-    header = reader.schema_arrow.names
-    chosen = pick_columns(path, 1, header, given)
+    reader, header, chosen = _parquet(path, given)
     wanted = _requested(path, 1, header, user_features, item_features)
     names = {n for n in (*chosen.values(), *wanted[0], *wanted[1]) if n is not None}
     table = reader.read(columns=sorted(names))
@@ -178,9 +144,7 @@ def read_parquet(path: Path, sep: str, given, user_features, item_features):
 def read_parquet_ids(path: Path, *, user_col=None, item_col=None, time_col=None) -> tuple[Interactions, str | None]:
     """The user and item columns of every row group of a Parquet log (times NaN: see
     `read_parquet_times`), and the name of its time column (None: file order)."""
-    reader = _parquet(path)
-    header = reader.schema_arrow.names
-    chosen = pick_columns(path, 1, header, {"user": user_col, "item": item_col, "time": time_col})
+    reader, header, chosen = _parquet(path, {"user": user_col, "item": item_col, "time": time_col})
     log, _ = _parquet_log(path, reader.read(columns=[chosen["user"], chosen["item"]]), header,
                           {**chosen, "time": None}, {chosen["user"], chosen["item"]})
     if chosen["time"] is None:
@@ -193,7 +157,7 @@ def read_parquet_times(path: Path, name: str | None, rows: np.ndarray) -> np.nda
     `rows` ((N,) bool); the others stay NaN. Without a time column: the file order."""
     if name is None:
         return np.arange(len(rows), dtype=np.float64)
-    reader = _parquet(path)
+    reader = _parquet(path)[0]
     sizes = [reader.metadata.row_group(g).num_rows for g in range(reader.num_row_groups)]
     ends = np.cumsum(sizes)
     groups = np.unique(np.searchsorted(ends, np.flatnonzero(rows), side="right")).tolist()
@@ -211,14 +175,16 @@ def read_parquet_times(path: Path, name: str | None, rows: np.ndarray) -> np.nda
     return times
 
 
-def _parquet(path: Path):
-    """A `pyarrow.parquet.ParquetFile`; an unreadable file raises `DataFormatError`."""
+def _parquet(path: Path, given: dict | None = None):
+    """(`pyarrow.parquet.ParquetFile`, header, {role: column}); an unreadable file raises."""
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path)
+        reader = pq.ParquetFile(path)
     except Exception as err:  # pyarrow raises several types for unreadable files
         raise DataFormatError(path, None, f"not a readable Parquet file ({err})") from None
+    header = reader.schema_arrow.names
+    return reader, header, given and pick_columns(path, 1, header, given)
 
 
 def _parquet_log(path: Path, table: pa.Table, header: list[str], chosen: dict, names) -> tuple[Interactions, dict]:
@@ -271,11 +237,10 @@ def _same_table_features(log: Interactions, columns: dict[str, pa.ChunkedArray],
 
 
 def _as_text_or_number(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """A Parquet column as strings (ids, features), or as is when numeric (times)."""
-    kind = column.type
-    if any(is_kind(kind) for is_kind in (pa.types.is_string, pa.types.is_large_string, pa.types.is_dictionary,
-                                         pa.types.is_integer, pa.types.is_floating)):
-        return column  # numeric ids become Python's str() of the number in `logs.encode`; times stay numbers
+    """A Parquet column as is when text or numeric (`logs.encode` writes numeric ids as Python
+    does), else as text."""
+    if any(is_kind(column.type) for is_kind in PASSED_TYPES):
+        return column
     return pa.chunked_array([pa.array([None if v is None else _text(v) for v in column.to_pylist()], pa.string())])
 
 
@@ -290,15 +255,11 @@ def _text(value) -> str:
 
 def _typed_header(path: Path, line: int, fields: list[str]) -> tuple[list[str], list[str]]:
     """Typed header ``name:type`` cells -> (names, types); an untyped cell is a ``token``."""
-    names, types = [], []
-    for cell in fields:
-        name, _, kind = cell.strip().partition(":")
-        kind = kind or "token"
-        if kind not in KNOWN_TYPES:
+    parts = [cell.strip().partition(":") for cell in fields]
+    for cell, (_, _, kind) in zip(fields, parts):
+        if (kind or "token") not in KNOWN_TYPES:
             raise DataFormatError(path, line, f"column {cell!r} has unknown type {kind!r} (expected one of {KNOWN_TYPES})")
-        names.append(name)
-        types.append(kind)
-    return names, types
+    return [name for name, _, _ in parts], [kind or "token" for _, _, kind in parts]
 
 
 def _atomic_side(path: Path, sep: str, id_name: str) -> SideTable | None:
@@ -334,12 +295,6 @@ def _movielens_side(path: Path, sep: str, n_fields: int, kinds: dict[str, str], 
     if not path.is_file():
         return None
     return SideTable(path, _first_rows(side_rows(path, sep, n_fields, 0, encoding=LATIN1), 0, parse), kinds)
-
-
-def _movielens_users(path: Path, sep: str, column_at: dict[str, int]) -> SideTable | None:
-    """A MovieLens user file of single-token columns, or None when absent."""
-    return _movielens_side(path, sep, 1 + len(column_at), dict.fromkeys(column_at, "token"),
-                           lambda f: {n: [f[i].strip()] for n, i in column_at.items() if f[i].strip()})
 
 
 def _genre_list(text: str) -> list[str]:

@@ -1,22 +1,15 @@
-"""What ``--data`` means: a path is used as is; a dataset name is looked up locally first and
-fetched (MovieLens, from GroupLens) or generated (``synthetic``) only when no copy exists.
+"""What ``--data`` means: a path (a file, or a folder holding one interaction file) is used
+as is; a dataset name is looked up locally first and fetched (MovieLens, from GroupLens) or
+generated (``synthetic``) only when no copy exists. Lookup for a name: 1. ``$MIND_DATA_DIR/<name>/``;
+2. for ``ml-100k``: ``$MIND_SHARED_DATA/ml-100k/ml-100k.inter`` (default ``../shared/data/``);
+3. the cache folder (``$MIND_DATA_DIR``, else ``$XDG_CACHE_HOME/mind-recall`` or
+``~/.cache/mind-recall``), where ``synthetic`` is generated and MovieLens is downloaded.
 
-Lookup for a name (``ml-100k``, ``synthetic``, or another `MOVIELENS_FILES` name):
-1. ``$MIND_DATA_DIR/<name>/`` (``<name>.inter``, else the MovieLens file name),
-2. for ``ml-100k``: ``$MIND_SHARED_DATA/ml-100k/ml-100k.inter``, by default
-   ``../shared/data/`` next to the repository (the development machines' copy),
-3. the cache folder (``$MIND_DATA_DIR`` if set, else ``$XDG_CACHE_HOME/mind-recall`` or
-   ``~/.cache/mind-recall``): ``synthetic`` is generated there (RecBole atomic files, read by
-   the same loader as user data); MovieLens names are downloaded there from GroupLens.
-
-The synthetic dataset is a deterministic planted multi-interest log: the product's embedded
-default data, and the ground truth for tests that multi-interest retrieval beats a single
-vector. Items are split into `n_clusters` disjoint clusters. Each user draws from 2-3 clusters
-with random weights; events from different clusters are interleaved in time. Inside a
-cluster, items follow a Zipf-like popularity. Each item has a ``genre`` side feature: clusters
-map two-to-one onto genres (so genre is coarser than the cluster), some items get a wrong
-genre and some a second one. Users get an ``age`` bucket tied to their main cluster half the
-time.
+The synthetic dataset is a deterministic planted multi-interest log (the default data, and the
+ground truth for multi-interest tests): items fall into `n_clusters` clusters; each user draws
+from 2-3 of them, events interleaved in time, Zipf-like popularity inside a cluster. Items get
+a ``genre`` (clusters map two-to-one onto genres, with noise and second genres); users an
+``age`` bucket tied to their main cluster half the time.
 """
 from __future__ import annotations
 
@@ -32,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data.logs import Interactions, make_interactions
+from model.data.logs import DataFormatError, Interactions, make_interactions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYNTHETIC = "synthetic"
@@ -40,6 +33,7 @@ SYNTHETIC = "synthetic"
 GENERATOR_VERSION = 1
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/"
 DOWNLOAD_TIMEOUT_S = 60
+FOLDER_ENTRIES = ("u.data", "ratings.dat", "ratings.csv")  # the interaction files a folder may hold
 # dataset name -> its interaction file inside the extracted archive
 MOVIELENS_FILES = {
     "ml-100k": "ml-100k/u.data",
@@ -73,6 +67,18 @@ def resolve_data_source(spec) -> Path:
     if name == SYNTHETIC:
         return generate_synthetic(cache_dir())
     return fetch_movielens(name, cache_dir())
+
+
+def interaction_file(path: Path) -> Path:
+    """`path` itself, or the single interaction file inside a folder."""
+    if not path.exists():
+        raise FileNotFoundError(f"interaction log not found: {path}")
+    if not path.is_dir():
+        return path
+    found = [path / n for n in FOLDER_ENTRIES if (path / n).is_file()] + sorted(path.glob("*.inter"))
+    if len(found) != 1:
+        raise DataFormatError(path, None, f"folder must hold exactly one interaction file ({', '.join(FOLDER_ENTRIES)} or *.inter); found {[p.name for p in found]}")
+    return found[0]
 
 
 def generate_synthetic(root: Path, spec: "SyntheticSpec | None" = None) -> Path:
