@@ -1,20 +1,13 @@
-"""The serving bundle: write it atomically, load it with every file verified.
+"""The serving bundle: write it atomically, load it with every file verified; the only
+``model/`` module the service imports. Its files: model.bundle_files (docs/architecture.md).
 
-The only ``model/`` module the service imports. A bundle directory holds (docs/architecture.md):
-``manifest.json``, ``user_tower.pt`` (TorchScript), ``item_vectors.npy``, ``item_ids.json``,
-``index.faiss``, ``profile_vocab.json``, ``popularity.json`` and, optionally,
-``user_tower.pt2`` (the tower as a torch.export program, see model.tower_format) and
-``item_categories.npy`` (one category per item row, for the diversity merge). The two
-tower files are the only ones that may carry pickle; both are checksummed before loading.
-
-Layout. ``write_bundle(out_dir, ...)`` writes into a hidden temporary directory beside its
-target and renames it into place, so a crash never leaves a half bundle where a loader looks:
-- ``out_dir`` absent: the bundle is written at ``out_dir``.
-- ``out_dir`` is a bundle (holds ``manifest.json``): refused unless ``force=True``; then the new
-  bundle replaces it by rename (the old one is moved aside first, never written into).
-- ``out_dir`` is any other directory (a *bundle root*): a new version is written inside it as
-  ``out_dir/<created, YYYYmmddTHHMMSS.ffffffZ>-<model_version[:12]>/``, so names sort by time.
-``latest_bundle(root)`` resolves a bundle or a bundle root to the newest version in it.
+``write_bundle(out_dir, ...)`` writes into a hidden directory beside its target and renames
+it into place, so a crash never leaves a half bundle where a loader looks:
+- ``out_dir`` absent: the bundle is written at ``out_dir``;
+- ``out_dir`` a bundle (holds ``manifest.json``): refused unless ``force=True``, then replaced
+  by rename (the old one is moved aside first, never written into);
+- any other directory (a *bundle root*): a new version goes inside it as
+  ``<created, YYYYmmddTHHMMSS.ffffffZ>-<model_version[:12]>/``, so names sort by time.
 """
 from __future__ import annotations
 
@@ -73,11 +66,8 @@ class Bundle:
 
 
 def prepare_histories(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
-    """Left-pad item-index histories (most recent last) to (B, max_len) int64.
-
-    Histories longer than ``max_len`` keep their most recent ``max_len`` items; an empty
-    history is all padding. Indices are tower indices (``row + 1``; 0 = padding).
-    """
+    """Item-index histories (``row + 1``, most recent last) left-padded with 0 to (B, max_len)
+    int64, keeping the most recent ``max_len`` items."""
     out = np.zeros((len(histories), max_len), dtype=np.int64)  # (B, max_len)
     for b, history in enumerate(histories):
         recent = np.asarray(history, dtype=np.int64)[-max_len:] if max_len else []
@@ -121,14 +111,13 @@ def _write_payload(tmp: Path, *, tower, item_vectors: np.ndarray, item_ids: Sequ
             "tuned_k": tuned["k"], "ntotal": int(index.ntotal)}, categories
 
 
-def _refuse_unforced(out_dir: Path, force: bool) -> None:
+def _refuse_unforced(out_dir: Path, force: bool) -> None:  # before any work
     if not force:
         raise FileExistsError(f"{out_dir} already holds a bundle; pass force=True (--force) "
                               f"to replace it, or give a bundle root to add a version")
 
 
 def _resolve_target(out_dir: Path, created: datetime, model_version: str, force: bool) -> Path:
-    """Where the finished bundle goes (see the module docstring for the layout)."""
     if not out_dir.exists():
         return out_dir
     if not out_dir.is_dir():
@@ -160,12 +149,9 @@ def _scripted_tower(tower, max_len: int, n_profile: int, item_dim: int):
 
 
 def model_version_of(tower: torch.jit.ScriptModule, files: Mapping[str, str], fields: Mapping) -> str:
-    """Content hash: the tower's tensors, every other file's sha256 and the manifest fields.
-
-    The tower files themselves are not hashed: TorchScript embeds a random serialization id and
-    module-name mangling that change on every save, so the same run would get a new version
-    (and the export program holds the same tensors).
-    """
+    """Content hash of the tower's tensors, every other file's sha256 and the manifest fields.
+    Not of the tower files: TorchScript embeds a random serialization id and name mangling
+    that change on every save (and the export program holds the same tensors)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(tower.state_dict().items()):
         flat = tensor.detach().cpu().contiguous().reshape(-1)
@@ -192,19 +178,15 @@ def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popul
                  data: Mapping | None = None, tune_queries: np.ndarray | None = None,
                  force: bool = False, tower_program: torch.export.ExportedProgram | None = None,
                  item_categories: ItemCategories | None = None) -> Path:
-    """Write a bundle atomically and return the directory it landed in.
+    """Write a bundle atomically; returns the directory it landed in.
 
-    tower: a scripted (or scriptable) module honouring the tower contract.
-    item_vectors: (n_items, d) float32, row 0 = item index 1 (no padding row).
-    item_ids: n_items unique external ids, by row. profile_vocab: {feature: [values in index
-    order]} (entry 0 is replaced by "<unk>"), in the tower's profile column order.
-    popular_rows: rows, most popular first (completed to all rows). max_len: history length,
-    default ``hyperparameters["max_len"]``. data: the run's data config (for evaluation).
-    tune_queries: (Q, d) capsules to tune an approximate index on (default: perturbed items).
-    tower_program: the same tower as a torch.export program (model.tower_format.export_tower),
-    written as user_tower.pt2; None = TorchScript only. item_categories: one category per
-    item row (``of_row`` (n_items,) ints in [-1, len(names)), -1 = none), written as
-    item_categories.npy with the manifest entry ``item_categories``; None = no categories.
+    tower: a scripted (or scriptable) module honouring the tower contract. item_vectors:
+    (n_items, d) float32, row 0 = item index 1. item_ids: n_items unique ids, by row.
+    profile_vocab: {feature: [values in index order]} (entry 0 becomes "<unk>"), in the tower's
+    column order. popular_rows: most popular first (completed to all rows). max_len: default
+    ``hyperparameters["max_len"]``. data: the run's data config. tune_queries: (Q, d) capsules
+    to tune an approximate index on (default: perturbed items). tower_program: the
+    torch.export program, or None. item_categories: one category per row, or None.
     """
     out_dir = Path(out_dir)
     vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)   # (n_items, d)
@@ -214,7 +196,7 @@ def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popul
         raise ValueError(f"item_vectors {vectors.shape} must be (n_items, d) with n_items unique item_ids ({len(ids)})")
     is_bundle = (out_dir / MANIFEST).exists()
     if is_bundle:
-        _refuse_unforced(out_dir, force)   # before any work
+        _refuse_unforced(out_dir, force)
     tower, n_interests, dim = _scripted_tower(tower, max_len, len(profile_vocab), vectors.shape[1])
     parent = out_dir if out_dir.is_dir() and not is_bundle else out_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -292,13 +274,9 @@ def _load_tower(path: Path, manifest: dict, device: torch.device, tower_format: 
 
 
 def load_bundle(path, device="cpu", tower_format: str = TORCHSCRIPT) -> Bundle:
-    """Load and verify a bundle (or the newest version in a bundle root) onto ``device``.
-
-    Every file's size and sha256 are checked before anything is parsed or a tower file is
-    loaded; then dimensions and a probe forward of the tower. ``tower_format``: "torchscript"
-    (user_tower.pt) or "export" (user_tower.pt2 when the bundle has one, see
-    ``tower_format_of``). Raises BundleError naming the offending file.
-    """
+    """Load a bundle (or the newest version in a bundle root) onto ``device``: every file's
+    size and sha256 are checked before anything is parsed, then dimensions and a probe forward
+    of the tower. Raises BundleError naming the offending file."""
     path = latest_bundle(path)
     device = torch.device(device)
     manifest = read_manifest(path)

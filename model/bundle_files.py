@@ -1,8 +1,7 @@
-"""The files of a bundle: names, checksums and safe readers that raise BundleError.
+"""The files of a bundle: names, checksums and readers that raise BundleError naming the file.
 
-Every reader names the file it failed on. No reader here unpickles: arrays are read with
-``allow_pickle=False``, everything else is JSON or FAISS' own format. The tower files
-(TorchScript, and the optional torch.export program) are loaded by ``model.bundle`` only after
+No reader here unpickles (arrays: ``allow_pickle=False``; else JSON or FAISS' format); the
+tower files, the only ones that may carry pickle, are loaded by ``model.bundle`` only after
 ``verify_files`` has checked their sha256.
 """
 from __future__ import annotations
@@ -41,13 +40,10 @@ class BundleError(Exception):
 
 @dataclass(frozen=True)
 class ItemCategories:
-    """One category per item row, for the diversity merge (model.retrieval.merge_diverse).
-
-    ``of_row`` (n_items,) int64: index into ``names``, NO_CATEGORY (-1) for an item without one;
-    ``feature``: the item side feature of the run it was taken from (its first token)."""
-    feature: str
+    """One category per item row, for the diversity merge (model.retrieval.merge_diverse)."""
+    feature: str             # the run's item side feature it was taken from (its first token)
     names: tuple[str, ...]
-    of_row: np.ndarray
+    of_row: np.ndarray       # (n_items,) int64 index into names, NO_CATEGORY (-1) = none
 
 
 def sha256_of(path: Path) -> str:
@@ -60,8 +56,7 @@ def sha256_of(path: Path) -> str:
 
 
 def verify_files(path: Path, manifest: dict) -> None:
-    """Check that every bundle file (and every optional one the manifest records) exists with
-    the size and sha256 the manifest records."""
+    """Every bundle file (and each optional one the manifest records) has the recorded size and sha256."""
     recorded = manifest["files"]
     sizes = manifest.get("file_bytes", {})
     for name in FILES + tuple(n for n in OPTIONAL_FILES if n in recorded):
@@ -147,9 +142,7 @@ def _categories_entry(path: Path, manifest: dict) -> dict | None:
 
 
 def read_item_categories(path: Path, manifest: dict) -> ItemCategories | None:
-    """The bundle's item categories (read whole, not mapped), or None for a bundle without
-    them; a file of the wrong dtype, shape or value range is a BundleError naming it.
-    Call after ``verify_files`` (which checks its size and sha256)."""
+    """The bundle's item categories (read whole, after ``verify_files``), or None without them."""
     entry = _categories_entry(path, manifest)
     if entry is None:
         return None
@@ -168,8 +161,8 @@ def read_item_categories(path: Path, manifest: dict) -> ItemCategories | None:
 
 
 def write_item_categories(directory: Path, categories: ItemCategories, n_items: int) -> dict:
-    """Write ``ITEM_CATEGORIES`` into ``directory``; return its manifest entry. Raises
-    ValueError for an array that ``read_item_categories`` would refuse."""
+    """Write ``ITEM_CATEGORIES`` into ``directory`` (ValueError for an array
+    ``read_item_categories`` would refuse); returns its manifest entry."""
     of_row = np.asarray(categories.of_row)
     if of_row.dtype.kind not in "iu" or of_row.shape != (n_items,):
         raise ValueError(f"item categories must be ({n_items},) integers, got {of_row.dtype} {of_row.shape}")

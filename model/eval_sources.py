@@ -1,8 +1,6 @@
-"""Where `mind evaluate` gets its users and capsules: a run directory or a serving bundle.
-
-Both rebuild the dataset and split from the saved data config (the run's ``config.json``
-``data`` section, or ``manifest["data"]`` of a bundle), hold out the protocol's 80/20, and
-wrap their user tower as a capsule function (``model.protocol.MindRetriever``).
+"""Where `mind evaluate` gets its users and capsules: a run directory or a serving bundle,
+each rebuilding the dataset from its saved data config (``config.json["data"]`` or
+``manifest["data"]``) and wrapping its tower as a ``model.protocol.MindRetriever``.
 """
 from __future__ import annotations
 
@@ -39,11 +37,8 @@ def read_json_file(path: Path) -> dict:
 
 def dataset_from_config(data_cfg: dict, data_override: Path | None, where: str,
                         vocab: dict | None = None, split: dict | None = None):
-    """Rebuild the SequenceDataset a run was trained on from its saved data config.
-
-    With a run's ``vocab.json`` / ``split.json`` the rebuild must be identical (same items,
-    users and split), else the numbers would be for other users: an EvaluationError.
-    """
+    """The SequenceDataset a run was trained on, from its saved data config; with the run's
+    ``vocab.json`` / ``split.json`` it must be identical, else an EvaluationError."""
     if data_override is None and not data_cfg.get("source"):
         raise EvaluationError(f"{where}: its data config has no 'source'; pass --data PATH")
     try:

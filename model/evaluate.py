@@ -1,12 +1,8 @@
-"""`mind evaluate`: the ComiRec protocol on a run or a bundle, with the baselines beside MIND.
+"""`mind evaluate --run RUN_DIR | --bundle BUNDLE_DIR`: the ComiRec protocol with the baselines.
 
-``mind evaluate --run RUN_DIR [--split test|validation] [--out DIR]`` rebuilds the run's
-dataset and split from its saved data config and scores MIND, MIND K=1 (the run in
-``RUN_DIR/baselines/k1`` when present), item-CF and popularity on the same users.
-``mind evaluate --bundle BUNDLE_DIR [--data PATH]`` does the same through the bundle's
-TorchScript tower and FAISS index (the data config comes from ``manifest["data"]``).
-Prints JSON; writes ``report.md`` (a Markdown table per setting) and ``recall_curve.png``
-(Recall@N per method) into ``--out``.
+Rebuilds the dataset and split from the saved data config and scores MIND, MIND K=1 (a run's
+``baselines/k1``), item-CF and popularity on the same users; a bundle through its own tower
+and FAISS index. Prints JSON; writes ``report.md`` and ``recall_curve.png`` into ``--out``.
 """
 from __future__ import annotations
 
@@ -37,7 +33,6 @@ DIVERSITY_NOTE = ("capsule cosine: mean pairwise cosine of a user's active capsu
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``mind evaluate``."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, metavar="RUN_DIR", help="run directory written by `mind train`")
     source.add_argument("--bundle", type=Path, metavar="BUNDLE_DIR", help="bundle written by `mind export`")
@@ -55,14 +50,8 @@ def evaluate_source(source: EvalSource) -> tuple[dict, dict]:
     """Rank and score every method of ``source``; return (result JSON, Recall@N curves)."""
     rankings = rank_all(source.held, source.retrievers)
     metrics, curves = score_all(rankings, source.held.target_rows)
-    result = {
-        "source": source.info,
-        "cutoffs": list(CUTOFFS),
-        "metrics": metrics,
-        "diversity": diversity_all(source.held, source.retrievers),
-        "missing": source.missing,
-    }
-    return result, curves
+    return {"source": source.info, "cutoffs": list(CUTOFFS), "metrics": metrics,
+            "diversity": diversity_all(source.held, source.retrievers), "missing": source.missing}, curves
 
 
 def _device(name: str) -> torch.device:
@@ -141,10 +130,8 @@ def render_markdown(result: dict, command: str, plot_note: str) -> str:
 
 
 def plot_recall_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> str:
-    """Draw Recall@N per method (one panel per setting) into ``path``; return a report line.
-
-    Without matplotlib (the ``plot`` extra) nothing is drawn and the line says so.
-    """
+    """Draw Recall@N per method (one panel per setting) into ``path``; return a report line
+    (without matplotlib, the ``plot`` extra, it says nothing was drawn)."""
     if importlib.util.find_spec("matplotlib") is None:
         return "matplotlib is not installed (`pip install mind-recall[plot]`): no plot drawn."
     import matplotlib

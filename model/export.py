@@ -1,18 +1,11 @@
 """`mind export --run RUN_DIR --out BUNDLE_DIR`: a trained run -> a verified serving bundle.
 
-Reads the run directory of docs/architecture.md, scripts the user tower (TorchScript, the
-contract) and exports it with torch.export (its successor, served with
-MIND_TOWER_FORMAT=export), takes the item vectors without the padding row, and writes the
-bundle with ``model.bundle.write_bundle`` (atomic; an existing bundle root gets a new
-version). The written bundle is loaded back with ``load_bundle``, from both tower files,
-before the command reports success.
-
-Item categories (for ``POST /recall``'s ``diversity``): when the run's data had item side
-features, the first token of one of them becomes each item's category, written as
-``item_categories.npy``. ``--category-feature NAME`` picks the feature; the default ``auto``
-takes the first feature named one of CATEGORY_FEATURE_NAMES (case-insensitive, in that order:
-ml-100k's ``class``), and none when no feature is so named; ``none`` writes no categories. Exit codes: 0 ok, 2 bad input (missing or
-incomplete run, existing bundle without --force), 1 the written bundle failed verification.
+The user tower is scripted (TorchScript, the contract) and exported with torch.export (served
+with MIND_TOWER_FORMAT=export); the bundle is written atomically and loaded back, from both
+tower files, before the command reports success. Item categories (for ``POST /recall``'s
+``diversity``) are the first token of one item side feature (``--category-feature``).
+Exit codes: 0 ok, 2 bad input (incomplete run, existing bundle without --force), 1 the tower
+does not compile, or the written bundle does not verify.
 """
 from __future__ import annotations
 
@@ -54,19 +47,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              f"{'/'.join(CATEGORY_FEATURE_NAMES)}, if any; 'none': no categories")
 
 
-def read_run_json(run_dir: Path, name: str, expected_type: type):
-    """A JSON file of the run whose top level must be ``expected_type``."""
-    return read_json(run_dir / name, expected_type, RunError,
-                     missing=f"missing (is {run_dir} a finished `mind train` run?)")
-
-
 def tower_queries(tower: torch.jit.ScriptModule, popular_rows: np.ndarray, max_len: int,
                   n_profile: int, n_histories: int = N_TUNE_HISTORIES, seed: int = 0) -> np.ndarray:
-    """Active capsules (Q, d) float32 of the tower on sampled histories, to tune an index on.
-
-    Histories of random length 1..max_len draw items with probability ~ 1/(rank + c) of
-    their popularity rank, like real histories, which lean towards popular items.
-    """
+    """Active capsules (Q, d) float32 of the tower on sampled histories, to tune an index on:
+    lengths 1..max_len, items drawn ~ 1/(popularity rank + c), as real histories lean popular."""
     rng = np.random.default_rng(seed)
     weights = 1.0 / (np.arange(len(popular_rows)) + POPULARITY_SMOOTHING)
     weights /= weights.sum()
@@ -86,12 +70,12 @@ def read_run(run_dir: Path) -> dict:
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
             raise RunError(f"{run_dir / name}: missing (is {run_dir} a finished `mind train` run?)")
-    config = read_run_json(run_dir, "config.json", dict)
-    vocab = read_run_json(run_dir, "vocab.json", dict)
+    config = read_json(run_dir / "config.json", dict, RunError)   # RUN_FILES exist: checked above
+    vocab = read_json(run_dir / "vocab.json", dict, RunError)
     if not isinstance(vocab.get("items"), list) or len(vocab["items"]) < 2:
         raise RunError(f"{run_dir / 'vocab.json'}: no item vocabulary")
-    popularity = np.asarray(read_run_json(run_dir, "popularity.json", list), dtype=np.int64)
-    metrics = read_run_json(run_dir, "metrics.json", dict)
+    popularity = np.asarray(read_json(run_dir / "popularity.json", list, RunError), dtype=np.int64)
+    metrics = read_json(run_dir / "metrics.json", dict, RunError)
     return {"config": config, "vocab": vocab, "popular_rows": popularity[popularity > 0] - 1,
             "metrics": {k: v for k, v in metrics.items() if k != "history"},
             "max_len": config_max_len(config, run_dir / CONFIG)}
@@ -116,7 +100,8 @@ def check_profile_vocab(run_dir: Path, profile_vocab: dict, model) -> None:
 
 
 def category_feature(run_dir: Path, vocab: dict, requested: str = AUTO_CATEGORY) -> str | None:
-    """The item side feature to take categories from (see the module docstring), or None."""
+    """The item side feature to take categories from, or None: ``auto`` takes the first
+    feature named one of CATEGORY_FEATURE_NAMES (case-insensitive, in that order)."""
     features = list(vocab.get("item_side") or {})
     if requested == NO_CATEGORIES:
         return None
@@ -145,8 +130,7 @@ def item_categories(run_dir: Path, vocab: dict, model, feature: str) -> ItemCate
 
 def export_run(run_dir: Path, out_dir: Path, index_type: str | None = None, force: bool = False,
                category: str = AUTO_CATEGORY) -> Path:
-    """Export ``run_dir`` into a bundle at (or, for a bundle root, inside) ``out_dir``;
-    ``category``: the --category-feature value."""
+    """Export ``run_dir`` into a bundle at (or, for a bundle root, inside) ``out_dir``."""
     run = read_run(run_dir)
     feature = category_feature(run_dir, run["vocab"], category)
     model = load_model(run_dir)

@@ -1,19 +1,14 @@
-"""The item index of a bundle: choose, build and tune a FAISS inner-product index.
-
-Every index here is an inner-product index whose FAISS ids are item *rows*
-(``row = item index - 1``, see docs/architecture.md), because items are added in row order.
+"""The item index of a bundle: choose, build and tune a FAISS inner-product index whose ids
+are item rows (``row = item index - 1``: items are added in row order).
 
 - ``flat``: exact ``IndexFlatIP``; the default up to ``FLAT_MAX_ITEMS`` items.
-- ``ivf``: ``IndexIVFFlat`` (inner product) with ``nlist ~ 4 sqrt(n)``; the default above.
-  It builds in seconds on two cores, where HNSW takes minutes for a million items.
-- ``hnsw``: ``IndexHNSWFlat(d, M, METRIC_INNER_PRODUCT)``; slower build, and on our 1M-item
-  synthetic catalogue its inner-product recall@100 plateaus below 0.9 (bench/README.md), so it
-  is never chosen by default; tuning refuses it where it misses the target.
+- ``ivf``: ``IndexIVFFlat`` with ``nlist ~ 4 sqrt(n)``, the default above: it builds in
+  seconds on two cores, where HNSW takes minutes for a million items.
+- ``hnsw``: never the default: on our 1M-item synthetic catalogue its inner-product
+  recall@100 plateaus below 0.9 (bench/README.md).
 
-Approximate indexes are tuned by ``tune_index``: the search parameter (``efSearch`` or
-``nprobe``) is raised until recall@k against exact search reaches the target on held-out
-query vectors. The chosen parameters are stored in the manifest and re-applied on load with
-``apply_params``.
+``tune_index`` raises ``efSearch`` / ``nprobe`` until recall@k against exact search reaches
+the target; the parameters go into the manifest and are re-applied on load (``apply_params``).
 """
 from __future__ import annotations
 
@@ -58,10 +53,7 @@ def flat_index(item_vectors: np.ndarray) -> faiss.IndexFlatIP:
 
 def build_index(item_vectors: np.ndarray, kind: str | None = None, *, hnsw_m: int = HNSW_M,
                 ef_construction: int = HNSW_EF_CONSTRUCTION) -> tuple[faiss.Index, str]:
-    """Build an inner-product index over ``item_vectors`` (n, d) float32; ids are rows.
-
-    Returns ``(index, kind)`` where ``kind`` is the resolved kind (``choose_kind`` if None).
-    """
+    """(index over ``item_vectors`` (n, d) float32, the kind built: ``choose_kind`` if None)."""
     vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)  # (n, d)
     n_items, dim = vectors.shape
     kind = kind or choose_kind(n_items)
@@ -136,13 +128,9 @@ def exact_top_k(item_vectors: np.ndarray, queries: np.ndarray, k: int) -> np.nda
 
 def tune_index(index: faiss.Index, item_vectors: np.ndarray, queries: np.ndarray,
                target_recall: float = TUNE_TARGET_RECALL, k: int = TUNE_K) -> dict:
-    """Raise efSearch / nprobe until recall@k vs exact search on ``queries`` >= target.
-
-    ``queries``: (Q, d) float32 held-out query vectors (capsules where available).
-    Returns ``{"params": {name: value}, "recall_at_k": r, "k": k}`` and leaves the chosen
-    parameters set on ``index``; a flat index returns empty params and recall 1.0.
-    Raises IndexTuningError when even the largest value misses the target.
-    """
+    """Raise efSearch / nprobe until recall@k vs exact search on ``queries`` (Q, d) >= target;
+    returns ``{"params", "recall_at_k", "k"}`` and leaves the parameters set on ``index``
+    (a flat index: no params, recall 1.0). IndexTuningError when the largest value misses."""
     name, values = _candidate_params(index, k)
     if not name:
         return {"params": {}, "recall_at_k": 1.0, "k": k}
@@ -160,11 +148,8 @@ def tune_index(index: faiss.Index, item_vectors: np.ndarray, queries: np.ndarray
 
 
 def perturbed_queries(item_vectors: np.ndarray, n_queries: int = 256, seed: int = 0) -> np.ndarray:
-    """Capsule-like query vectors (Q, d) float32 when no tower histories are at hand.
-
-    Each query is the mean of 1-4 random item vectors plus Gaussian noise of 10% of the
-    items' per-dimension spread: near, but not on, the catalogue, as capsules are.
-    """
+    """Capsule-like queries (Q, d) float32 when no tower is at hand: the mean of 1-4 random
+    items plus noise of 10% of the items' spread, near but not on the catalogue."""
     rng = np.random.default_rng(seed)
     n_items, dim = item_vectors.shape
     picks = rng.integers(0, n_items, size=(n_queries, 4))           # (Q, 4)

@@ -19,13 +19,11 @@ def hit_matrix(ranked_rows: np.ndarray, target_rows: Sequence[np.ndarray]) -> np
 
 def evaluate_rankings(ranked_rows: np.ndarray, target_rows: Sequence[np.ndarray],
                       ns: Sequence[int] = (20, 50)) -> dict[str, float]:
-    """Recall@N, NDCG@N and HitRate@N, averaged over users.
+    """{"recall@N", "ndcg@N", "hitrate@N"} for N in ``ns``, averaged over users.
 
-    ranked_rows (U, n) int64: each user's candidates best first (``-1`` = no candidate; a
-    list shorter than N counts as misses). target_rows: per user an array of held-out rows
-    (duplicates count once; an empty one is an error). Recall@N = hits / |targets|;
-    HitRate@N = 1 if any hit; NDCG@N with binary gains and IDCG over min(|targets|, N).
-    Returns {"recall@N", "ndcg@N", "hitrate@N"} for every N in ``ns``.
+    ranked_rows (U, n) int64 best first (``-1`` = none; a short list misses); target_rows:
+    per user its held-out rows (duplicates count once; none is an error). NDCG with binary
+    gains and IDCG over min(|targets|, N).
     """
     n_targets = np.array([len(np.unique(t)) for t in target_rows], dtype=np.float64)  # (U,)
     if (n_targets == 0).any():
@@ -57,13 +55,9 @@ def recall_curve(ranked_rows: np.ndarray, target_rows: Sequence[np.ndarray], max
 
 
 def capsule_cosine(capsules: np.ndarray, active: np.ndarray) -> float | None:
-    """Mean pairwise cosine of each user's ACTIVE capsules, averaged over users with >= 2 of them.
-
-    capsules (U, K, d) float; active (U, K) bool. For a user with k >= 2 active capsules the
-    mean is over the k(k-1)/2 distinct pairs; inactive capsules never count. 1.0 means the
-    capsules are one vector (collapsed), 0.0 orthogonal. A zero capsule has cosine 0 with every
-    other. Returns None when no user has two active capsules (a K=1 model: undefined, not 1).
-    """
+    """Mean over users with >= 2 ACTIVE capsules of the mean cosine over their distinct pairs
+    (capsules (U, K, d), active (U, K) bool); 1.0 = collapsed, a zero capsule scores 0. None
+    when no user has two active capsules (K=1: undefined, not 1)."""
     capsules = np.asarray(capsules, dtype=np.float64)
     active = np.asarray(active, dtype=bool)
     if capsules.ndim != 3 or active.shape != capsules.shape[:2]:
@@ -89,11 +83,8 @@ def first_active(active: np.ndarray) -> np.ndarray:
 
 
 def mean_jaccard(rows_a: np.ndarray, rows_b: np.ndarray) -> float | None:
-    """Mean over users of |A ∩ B| / |A ∪ B| between two ranked lists per user.
-
-    rows_a, rows_b (U, n) int64 item rows (``-1`` = no candidate, ignored; order does not
-    matter). Users whose two lists are both empty are skipped; None when every user is.
-    """
+    """Mean over users of |A ∩ B| / |A ∪ B| of rows_a, rows_b (U, n) int64 (``-1`` ignored);
+    users with both lists empty are skipped, None when every user is."""
     rows_a, rows_b = np.asarray(rows_a, dtype=np.int64), np.asarray(rows_b, dtype=np.int64)
     if rows_a.shape[0] != rows_b.shape[0]:
         raise ValueError(f"{rows_a.shape[0]} and {rows_b.shape[0]} users")
@@ -107,12 +98,8 @@ def mean_jaccard(rows_a: np.ndarray, rows_b: np.ndarray) -> float | None:
 
 
 def majority_purity(labels: np.ndarray) -> float | None:
-    """Mean over rows of the share of the row's most frequent label.
-
-    labels (M, n) int64, one row per (user, interest): the planted cluster of each item that
-    interest names (``-1`` = no item, ignored). 1.0: every interest names items of one cluster.
-    Rows without any label are skipped; None when every row is.
-    """
+    """Mean over rows of labels (M, n) int64 (one per (user, interest): the planted cluster of
+    each item it names, ``-1`` ignored) of the share of the most frequent label; None if no label."""
     labels = np.asarray(labels, dtype=np.int64)
     shares = []
     for row in labels:

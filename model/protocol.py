@@ -1,9 +1,8 @@
 """The evaluation protocol (mind-spec section 3) over arrays: rank every method, score them.
 
-One code path for every source of capsules: a trained run (eager tower) and a bundle
-(TorchScript tower + its own FAISS index) both become a ``MindRetriever`` around a
-*capsule function*; the baselines rank from the same held-out users. Everything is in the
-dataset's row space (``row = item index - 1``) when it reaches the metric code.
+A run (eager tower) and a bundle (TorchScript tower + its FAISS index) both become a
+``MindRetriever`` around a *capsule function*; everything reaches the metric code in the
+dataset's row space (``row = item index - 1``).
 """
 from __future__ import annotations
 
@@ -32,17 +31,11 @@ OVERLAP_N = 50              # the one-interest overlap compares top-OVERLAP_N li
 
 @dataclass(frozen=True)
 class HeldOut:
-    """Evaluated users under the protocol, in dataset index space.
-
-    histories (U, max_len) int64 item indices, left-padded with 0, most recent last (the
-    first 80% of each sequence); profile_values: feature -> (U,) str external values ("" =
-    unknown); target_rows: per user the rows of the remaining 20%; train_sequences: TRAIN
-    users' item-index sequences (for the baselines).
-    """
-    histories: np.ndarray
-    profile_values: dict[str, np.ndarray]
-    target_rows: list[np.ndarray]
-    train_sequences: list[np.ndarray]
+    """Evaluated users under the protocol, in dataset index space."""
+    histories: np.ndarray                  # (U, max_len) int64 the first 80%, left-padded
+    profile_values: dict[str, np.ndarray]  # feature -> (U,) str external values, "" = unknown
+    target_rows: list[np.ndarray]          # per user the rows of the remaining 20%
+    train_sequences: list[np.ndarray]      # TRAIN users' item-index sequences (the baselines')
     n_items: int
 
     def history_rows(self) -> list[np.ndarray]:
@@ -52,23 +45,15 @@ class HeldOut:
 
 @dataclass(frozen=True)
 class MindRetriever:
-    """A capsule source plus the item vectors its capsules search.
-
-    ``item_vectors`` (n_index, d) float32, row r = the source's item index r + 1; ``index`` a
-    FAISS index over them (ids = rows; None = a flat one built per ranking). When the source
-    numbers items differently from the dataset (a bundle), ``index_of_dataset_row`` (n_items,)
-    maps dataset rows to index rows (-1 = absent) and ``dataset_of_index_row`` (n_index,) maps
-    back; ``None`` means identical numbering. ``capsule_fn`` receives histories already in the
-    source's index space (``index row + 1``, 0 = pad) and profiles (U, P) encoded with
-    ``profile_vocab`` (feature -> value -> index, 0 = unknown) in ``profile_features`` order.
-    """
+    """A capsule source plus the item vectors its capsules search. ``capsule_fn`` receives
+    histories in the source's index space and profiles encoded with ``profile_vocab``."""
     capsule_fn: CapsuleFn
-    item_vectors: np.ndarray
-    index_of_dataset_row: np.ndarray | None = None
-    dataset_of_index_row: np.ndarray | None = None
+    item_vectors: np.ndarray                        # (n_index, d) float32, row r = source index r + 1
+    index_of_dataset_row: np.ndarray | None = None  # (n_items,) -1 = absent; None: same numbering
+    dataset_of_index_row: np.ndarray | None = None  # (n_index,) the way back
     profile_features: tuple[str, ...] = ()
-    profile_vocab: dict[str, dict[str, int]] = field(default_factory=dict)
-    index: faiss.Index | None = None
+    profile_vocab: dict[str, dict[str, int]] = field(default_factory=dict)  # feature -> value -> index
+    index: faiss.Index | None = None                # ids = rows; None: a flat one per ranking
 
     def encode_profiles(self, profile_values: dict[str, np.ndarray], n_users: int) -> np.ndarray:
         """(U, P) int64 tower input; a feature absent from the data is all unknown (0)."""
@@ -79,10 +64,8 @@ class MindRetriever:
 
 
 def tower_capsule_fn(tower: torch.nn.Module, max_len: int, device: torch.device | str = "cpu") -> CapsuleFn:
-    """Capsule function over a user tower (eager or TorchScript) following the tower contract.
-
-    Histories wider than the tower's ``max_len`` keep their most recent ``max_len`` columns.
-    """
+    """Capsule function over a user tower (eager or TorchScript); wider histories keep their
+    most recent ``max_len`` columns."""
     def capsules_of(histories: np.ndarray, profiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         histories = histories[:, -max_len:]                                  # (U, <= max_len)
         caps, actives = [], []
@@ -101,13 +84,10 @@ def tower_capsule_fn(tower: torch.nn.Module, max_len: int, device: torch.device 
 def interest_diversity(capsules: np.ndarray, active: np.ndarray, item_vectors: np.ndarray,
                        exclude: list[np.ndarray] | None = None, n: int = OVERLAP_N,
                        index: faiss.Index | None = None) -> dict[str, float | None]:
-    """Do a model's interests differ? (mind-spec section 5; the training report calls this too.)
-
-    capsules (U, K, d) float32, active (U, K) bool, item_vectors (n_items, d), index: a FAISS
-    index over them (None: flat), exclude: per user rows never returned (as in `multi_interest_topn`). Returns
-    ``capsule_cosine``: mean pairwise cosine of active capsules (None for K=1: undefined), and
-    ``one_interest_overlap@n``: mean Jaccard of the top-n served with the first active interest
-    alone (``max_interests: 1``) against the full merged top-n (1.0: the other interests add nothing).
+    """Do a model's interests differ? (mind-spec section 5.) capsules (U, K, d), active (U, K),
+    item_vectors (n_items, d), exclude as in `multi_interest_topn`. Returns ``capsule_cosine``
+    (None for K=1) and ``one_interest_overlap@n``: mean Jaccard of the top-n of the first
+    active interest alone (``max_interests: 1``) and the merged top-n (1.0: the others add nothing).
     """
     index = flat_index(item_vectors) if index is None else index
     merged = multi_interest_topn(capsules, active, item_vectors, n, exclude, index=index)                 # (U, n)

@@ -1,13 +1,10 @@
-"""The two on-disk formats of the user tower: TorchScript and its successor, torch.export.
+"""The two on-disk formats of the user tower: TorchScript (``user_tower.pt``, the bundle's
+contract) and torch.export (``user_tower.pt2``, dynamic batch; torch deprecated ``torch.jit``
+in 2.11; served with ``MIND_TOWER_FORMAT=export``). Both map history (B, L), profile (B, P)
+int64 -> capsules (B, K, d) float32, active (B, K) bool, weights (B, K, L).
 
-TorchScript (``user_tower.pt``) is the bundle's contract (docs/architecture.md); torch has
-deprecated ``torch.jit`` in favour of ``torch.export`` since 2.11, so a bundle also carries
-an exported program (``user_tower.pt2``) with a dynamic batch dimension, and the service can
-serve from it (``MIND_TOWER_FORMAT=export``). Both behave alike: history (B, L) int64,
-profile (B, P) int64 -> capsules (B, K, d) float32, active (B, K) bool, weights (B, K, L).
-
-Every ``torch.jit`` call of the package goes through the three functions below, which
-silence torch's deprecation warning for that call only (never process-wide).
+Every ``torch.jit`` call goes through the three functions below, which silence torch's
+deprecation warning for that call only (never process-wide).
 """
 from __future__ import annotations
 
@@ -27,8 +24,8 @@ JIT_DEPRECATION = r"`torch\.jit\.(script|save|load)` is deprecated"
 
 @contextlib.contextmanager
 def _jit_deprecation_silenced():
-    """TorchScript stays the bundle's contract (users asked for it), so its deprecation notice
-    is expected here and nowhere else; catch_warnings restores the filters on exit."""
+    """TorchScript stays the contract (users asked for it): its deprecation notice is expected
+    here and nowhere else; catch_warnings restores the filters on exit."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=JIT_DEPRECATION, category=DeprecationWarning)
         yield
