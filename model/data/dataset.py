@@ -26,7 +26,6 @@ INT64_DIGITS = 18  # every 18-digit decimal fits in int64
 @dataclass(frozen=True)
 class Vocab:
     """External string <-> contiguous index; ``tokens[0] == "<pad>"`` and index 0 = unknown."""
-
     tokens: tuple[str, ...]
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
@@ -291,16 +290,13 @@ def holdout(ds: SequenceDataset, users, max_len: int,
     `max_len` of s[:h] left-padded, targets = s[h:]. Users with < 2 items are left out."""
     kept, histories, targets = [], [], []
     for user in np.asarray(users, dtype=np.int64):
-        seq = ds.sequences[int(user)]
-        n = len(seq)
-        if n < 2:
+        seq = np.asarray(ds.sequences[int(user)], dtype=np.int64)
+        if len(seq) < 2:
             continue
-        h = min(max(1, int(n * history_frac + FLOOR_TOLERANCE)), n - 1)
+        h = min(max(1, int(len(seq) * history_frac + FLOOR_TOLERANCE)), len(seq) - 1)
         history = seq[:h][-max_len:]
-        row = np.zeros(max_len, dtype=np.int64)
-        row[max_len - len(history):] = history
         kept.append(user)
-        histories.append(row)
-        targets.append(np.asarray(seq[h:], dtype=np.int64))
+        histories.append(np.pad(history, (max_len - len(history), 0)))  # (max_len,) left-padded with 0
+        targets.append(seq[h:])
     stacked = np.stack(histories) if histories else np.zeros((0, max_len), np.int64)
     return stacked, targets, np.array(kept, dtype=np.int64)
