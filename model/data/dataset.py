@@ -129,8 +129,7 @@ class LogIndex:
     split: tuple[np.ndarray, np.ndarray, np.ndarray]  # train, validation, test user indices
 
     def rows_of(self, log: Interactions, rank: int, world: int, train_only: bool = False) -> np.ndarray:
-        """(N,) bool: kept rows of ``train[rank::world]`` and, unless `train_only`, of every
-        validation / test user."""
+        """(N,) bool: kept rows of ``train[rank::world]`` and, unless `train_only`, of val / test users."""
         if world <= 1 and not train_only:
             return self.keep
         mine = np.zeros(len(self.users), dtype=bool)
@@ -204,8 +203,7 @@ def natural_order(tokens: np.ndarray) -> np.ndarray:
 
 
 def natural_vocab(keys: np.ndarray, codes: np.ndarray) -> tuple["Vocab", np.ndarray]:
-    """The `Vocab` of the keys that `codes` use, in natural id order, and (K,) int32 code ->
-    vocabulary index (0 for unused keys)."""
+    """The `Vocab` of the keys `codes` use, in natural order, and (K,) int32 code -> index (0: unused)."""
     present = np.flatnonzero(np.bincount(codes, minlength=len(keys)))  # (V,) used codes
     tokens = keys[present]
     order = natural_order(tokens)

@@ -22,10 +22,10 @@ import pyarrow.csv as pa_csv
 GUESSES = {"user": ("user_id", "user", "userid", "uid", "visitorid", "customer_id"),
            "item": ("item_id", "item", "itemid", "movieid", "iid", "product_id", "productid"),
            "time": ("timestamp", "time", "ts", "datetime", "date", "event_time")}
+FIXED_SEPARATORS = {"tsv": "\t", "recbole": "\t", "movielens-100k": "\t", "movielens-dat": "::", "movielens-csv": ","}
 UTF8_BOM = b"\xef\xbb\xbf"
 ID_TYPE = pa.dictionary(pa.int32(), pa.string())  # ids are read as codes into a small table
 READ_BLOCK_BYTES = 1 << 22  # pyarrow's default 1 MiB blocks cost ~10% more time on big logs
-Rows = Iterator[tuple[int, list[str]]]
 # Column kinds, in the order a row's cells are checked (the first failing check is reported).
 CHECK_ORDER = ("user id", "item id", "id", "time", "text")
 
@@ -33,7 +33,6 @@ CHECK_ORDER = ("user id", "item id", "id", "time", "text")
 class DataFormatError(ValueError):
     """A malformed interaction or side file. The message reads ``FILE:LINE: problem``
     (``FILE: problem`` when no single line is at fault); LINE is 1-based, header included."""
-
     def __init__(self, path: str | Path, line: int | None, problem: str):
         self.path, self.line, self.problem = str(path), line, problem
         super().__init__(f"{self.path if line is None else f'{self.path}:{line}'}: {problem}")
@@ -75,8 +74,7 @@ def make_interactions(users, items, times, user_profiles: dict | None = None,
 
 
 def encode(ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(codes (N,) int32, keys (K,) object) of a string or dictionary id column, ids stripped;
-    raises `Invalid` at the first empty id."""
+    """(codes (N,) int32, keys (K,) object) of an id column, ids stripped; `Invalid` if one is empty."""
     ids = ids if isinstance(ids, pa.ChunkedArray) else pa.chunked_array([ids])
     if ids.null_count:
         raise Invalid("missing id")
@@ -133,24 +131,18 @@ def timestamps(column: pa.ChunkedArray) -> np.ndarray:
 
 
 # ---- separators and columns -----------------------------------------------------------------
-
 def separator(path: Path, fmt: str, sep: str | None = None) -> str:
     """The one separator rule; a generic file is tab-separated when its first line holds one."""
-    if sep:
-        return sep
-    fixed = {"tsv": "\t", "recbole": "\t", "movielens-100k": "\t", "movielens-dat": "::", "movielens-csv": ","}
-    if fmt in fixed:
-        return fixed[fmt]
-    if path.suffix.lower() == ".csv":
-        return ","
-    return "\t" if path.suffix.lower() in (".tsv", ".tab") or "\t" in first_line(path) else ","
+    if sep or fmt in FIXED_SEPARATORS:
+        return sep or FIXED_SEPARATORS[fmt]
+    suffix = path.suffix.lower()
+    return "," if suffix == ".csv" else "\t" if suffix in (".tsv", ".tab") or "\t" in first_line(path) else ","
 
 
 def pick_columns(path: Path, line: int, header: list[str], given: dict[str, str | None],
                  default: dict[str, str] | None = None, roles=("user", "item", "time")) -> dict[str, str | None]:
-    """The one column-guessing rule: {role: header name}. A given name must be in the header;
-    otherwise `GUESSES` are tried case-insensitively; a missing role other than time raises,
-    naming the format's `default` column when it has one, else the guesses."""
+    """The one column-guessing rule: {role: header name}: the given name (which must be in the
+    header), else `GUESSES`, else the format's `default`; only the time may be missing."""
     lowered = {h.lower(): h for h in reversed(header)}
     chosen: dict[str, str | None] = {}
     for role in roles:
@@ -176,8 +168,7 @@ class SideTable:
 
 
 # ---- reading text -------------------------------------------------------------------------------
-
-def read_rows(path: Path, sep: str, *, encoding: str = "utf-8") -> Rows:
+def read_rows(path: Path, sep: str, *, encoding: str = "utf-8") -> Iterator[tuple[int, list[str]]]:
     """``(line, fields)`` of every non-blank line: the line-numbering pass. ``,`` parses CSV
     quoting; other separators (``::`` too) split each line as is."""
     with open(path, "rb") as handle:
@@ -221,9 +212,8 @@ def header_row(path: Path, sep: str, encoding: str = "utf-8") -> tuple[int, list
 
 def read_columns(path: Path, sep: str, n_fields: int, kinds: dict[int, str], build, *, skip: int = 0,
                  encoding: str = "utf-8"):
-    """`build` ({position: column} -> result) over the columns `kinds` ({position: kind}) of a
-    delimited file, after `skip` lines. When pyarrow or `build` finds a problem (`Invalid`),
-    the line pass runs instead and names the first bad line."""
+    """`build` ({position: column} -> result) over the columns `kinds` ({position: kind}) after
+    `skip` lines; when pyarrow or `build` finds a problem (`Invalid`), the line pass names it."""
     try:
         return build(_arrow_columns(path, sep, n_fields, kinds, skip, encoding))
     except (Invalid, pa.ArrowException):
@@ -232,8 +222,7 @@ def read_columns(path: Path, sep: str, n_fields: int, kinds: dict[int, str], bui
 
 
 def checked_columns(path: Path, rows, n_fields: int | None, kinds: dict) -> dict[int, pa.ChunkedArray]:
-    """The line pass: `rows` ((line, cells)) checked one by one, `DataFormatError` at the first
-    bad line; else the columns `kinds` as pyarrow arrays."""
+    """The line pass over `rows` ((line, cells)): `DataFormatError` at the first bad line, else the columns."""
     checks = sorted(kinds.items(), key=lambda kv: CHECK_ORDER.index(kv[1]))
     cells: dict = {key: [] for key in kinds}
     for line, fields in rows:
@@ -280,8 +269,7 @@ def _arrow_columns(path: Path, sep: str, n_fields: int, kinds: dict[int, str], s
 
 def log_columns(path: Path, sep: str, n_fields: int, at: dict[str, int | None], *, extra=(),
                 skip: int = 0, encoding: str = "utf-8") -> tuple[Interactions, dict[int, pa.ChunkedArray]]:
-    """The log at positions `at` ({role: position or None}) of a delimited file, and its
-    `extra` text columns."""
+    """The log at positions `at` ({role: position or None}) and the `extra` text columns."""
     return read_columns(path, sep, n_fields, log_kinds(at, extra), lambda c: from_columns(path, c, at),
                         skip=skip, encoding=encoding)
 

@@ -68,7 +68,6 @@ def detect_format(path: Path) -> str:
 
 # A reader: (path, sep, given columns, user_features, item_features) ->
 #   (log, (user SideTable | None, its path), (item SideTable | None, its path))
-
 def read_udata(path: Path, sep: str, *_):
     """ml-100k ``u.data`` (``user item rating timestamp``) with ``u.user`` / ``u.item``."""
     genres = _udata_genre_names(path.parent / "u.genre")
@@ -142,8 +141,7 @@ def read_parquet(path: Path, sep: str, given, user_features, item_features):
 
 
 def read_parquet_ids(path: Path, *, user_col=None, item_col=None, time_col=None) -> tuple[Interactions, str | None]:
-    """The user and item columns of every row group of a Parquet log (times NaN: see
-    `read_parquet_times`), and the name of its time column (None: file order)."""
+    """A Parquet log's user and item columns (times NaN) and its time column's name (None: file order)."""
     reader, header, chosen = _parquet(path, {"user": user_col, "item": item_col, "time": time_col})
     log, _ = _parquet_log(path, reader.read(columns=[chosen["user"], chosen["item"]]), header,
                           {**chosen, "time": None}, {chosen["user"], chosen["item"]})
@@ -153,8 +151,7 @@ def read_parquet_ids(path: Path, *, user_col=None, item_col=None, time_col=None)
 
 
 def read_parquet_times(path: Path, name: str | None, rows: np.ndarray) -> np.ndarray:
-    """(N,) float64 times of a Parquet log, read only from the row groups that hold one of
-    `rows` ((N,) bool); the others stay NaN. Without a time column: the file order."""
+    """(N,) float64 times read from the row groups holding one of `rows` ((N,) bool), NaN elsewhere."""
     if name is None:
         return np.arange(len(rows), dtype=np.float64)
     reader = _parquet(path)[0]
@@ -188,8 +185,7 @@ def _parquet(path: Path, given: dict | None = None):
 
 
 def _parquet_log(path: Path, table: pa.Table, header: list[str], chosen: dict, names) -> tuple[Interactions, dict]:
-    """`from_columns` over a Parquet table's `names` columns; on a problem, the row-by-row
-    check names the first bad row."""
+    """`from_columns` over a Parquet table's `names` columns; the row check names a bad row."""
     columns = {header.index(n): _as_text_or_number(table.column(n)) for n in names}
     at = _positions(header, chosen)
     try:
@@ -237,8 +233,7 @@ def _same_table_features(log: Interactions, columns: dict[str, pa.ChunkedArray],
 
 
 def _as_text_or_number(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """A Parquet column as is when text or numeric (`logs.encode` writes numeric ids as Python
-    does), else as text."""
+    """A Parquet column as is when text or numeric (`logs.encode` writes numeric ids), else as text."""
     if any(is_kind(column.type) for is_kind in PASSED_TYPES):
         return column
     return pa.chunked_array([pa.array([None if v is None else _text(v) for v in column.to_pylist()], pa.string())])
@@ -246,11 +241,7 @@ def _as_text_or_number(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def _text(value) -> str:
     """A Parquet cell as text: None -> "", datetimes -> ISO-8601 (parsed back as time)."""
-    if value is None:
-        return ""
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    return str(value)
+    return "" if value is None else value.isoformat() if isinstance(value, (datetime, date)) else str(value)
 
 
 def _typed_header(path: Path, line: int, fields: list[str]) -> tuple[list[str], list[str]]:
@@ -263,8 +254,7 @@ def _typed_header(path: Path, line: int, fields: list[str]) -> tuple[list[str], 
 
 
 def _atomic_side(path: Path, sep: str, id_name: str) -> SideTable | None:
-    """A ``.user``/``.item`` file, or None when absent. The id column is the one named like
-    the interaction file's id column, else the first."""
+    """A ``.user``/``.item`` file (its id column named as the log's, else the first), or None."""
     if not path.is_file():
         return None
     line, header = header_row(path, sep)
@@ -284,9 +274,8 @@ def _first_rows(rows: list[list[str]], id_at: int, parse) -> dict[str, dict[str,
     """{id: parse(fields)}; a repeated id keeps its first row."""
     table: dict[str, dict[str, list[str]]] = {}
     for fields in rows:
-        row_id = fields[id_at].strip()
-        if row_id not in table:
-            table[row_id] = parse(fields)
+        if fields[id_at].strip() not in table:
+            table[fields[id_at].strip()] = parse(fields)
     return table
 
 
