@@ -104,6 +104,9 @@ class TrainConfig:
     lr_schedule: str = "constant"     # one of LR_SCHEDULES
     lr_decay: float = 0.5             # factor of the "plateau" schedule
     samples_per_user: int = 0         # positions sampled per train user per epoch (0 = all)
+    # Training-only augmentation: each history item but the most recent is dropped (set to padding)
+    # with this probability, afresh every epoch. Never applied at validation, test or serving.
+    history_dropout: float = 0.0
     seed: int = 2020
     device: str = "auto"
     eval_every: int = 1               # epochs between validation passes
@@ -113,6 +116,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if not 0 <= self.history_dropout < 1:
+            raise ValueError(f"history_dropout must be in [0, 1), got {self.history_dropout}")
 
 
 def to_dict(config: Any) -> dict:

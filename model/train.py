@@ -95,6 +95,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     t.add_argument("--patience", type=int, default=TRAIN_DEFAULTS.patience)
     t.add_argument("--samples-per-user", type=int, default=TRAIN_DEFAULTS.samples_per_user,
                    help="positions sampled per train user per epoch (0 = all)")
+    t.add_argument("--history-dropout", type=float, default=TRAIN_DEFAULTS.history_dropout,
+                   help="training only: drop each history item but the most recent with this probability")
     t.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     t.add_argument("--threads", type=int, default=0,
@@ -157,7 +159,7 @@ def model_config(args: argparse.Namespace, ds: SequenceDataset) -> ModelConfig:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        lr_schedule=args.lr_schedule, lr_decay=args.lr_decay, patience=args.patience,
-                       samples_per_user=args.samples_per_user, seed=args.seed,
+                       samples_per_user=args.samples_per_user, history_dropout=args.history_dropout, seed=args.seed,
                        device=args.device)
 
 
@@ -250,18 +252,30 @@ class Progress:
             print(("\r" if self.enabled else "") + line, file=sys.stderr, flush=True)
 
 
+def drop_history_items(histories: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Training augmentation: each item of ``histories`` (S, L) int64, left-padded, is replaced by
+    the padding index 0 with probability ``rate``, except the most recent (last column), so no
+    history becomes empty. rate 0 returns ``histories`` itself and draws nothing from ``rng``."""
+    if rate <= 0:
+        return histories
+    dropped = rng.random(histories.shape) < rate                      # (S, L)
+    dropped[:, -1] = False
+    return np.where(dropped, 0, histories)
+
+
 def train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, ds: SequenceDataset,
                 config: TrainConfig, max_len: int, epoch: int, device: torch.device, progress: Progress,
                 rank: int = 0, world: int = 1) -> tuple[float, float]:
     """One pass over freshly sampled positions; returns (mean loss, samples/s)."""
     rng = np.random.default_rng(config.seed + epoch)
     histories, targets, users = training_samples(ds, max_len, rng, config.samples_per_user or None)
-    histories, targets = torch.as_tensor(histories), torch.as_tensor(targets)
     profiles = torch.as_tensor(ds.profile_matrix(users))
     if ds.shard[1] > 1:  # samples of this rank's own train users (`load_dataset(rank, world)`)
         batches = shard_batches(len(targets), config.batch_size, rng, device)
     else:
         batches = rank_batches(len(targets), config.batch_size, rng, rank, world)
+    histories = drop_history_items(histories, config.history_dropout, rng)   # after the shuffle: rate 0 is unchanged
+    histories, targets = torch.as_tensor(histories), torch.as_tensor(targets)
     objective.train()
     total, seen, started = 0.0, 0, time.perf_counter()
     for step, rows in enumerate(batches, 1):
