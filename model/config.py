@@ -60,6 +60,9 @@ class ModelConfig:
     # pulled the capsules together (cos 0.800) and lost on validation: R@50 0.3407 without it vs
     # 0.3300 "concat" vs 0.3235 "per_interest", cos 0.78 (seed 2020; bench/ablation.md). Toys has no profile.
     profile_fusion: str = "none"
+    # Training-only dropout on the behaviour vectors entering the routing (identity in eval mode,
+    # so the exported tower and serving are unchanged by it).
+    behaviour_dropout: float = 0.0
     loss: str = "sampled"             # "full" softmax or "sampled" softmax with logQ correction
     n_negatives: int = 1000           # shared negatives per batch for the sampled softmax (at least)
     negatives_fraction: float = 0.0   # ... or this share of the catalogue when that is more (see shared_negatives)
@@ -82,6 +85,8 @@ class ModelConfig:
             raise ValueError(f"negatives_fraction must be in [0, 1], got {self.negatives_fraction}")
         if self.profile_fusion not in PROFILE_FUSIONS:
             raise ValueError(f"profile_fusion must be one of {PROFILE_FUSIONS}, got {self.profile_fusion!r}")
+        if not 0 <= self.behaviour_dropout < 1:
+            raise ValueError(f"behaviour_dropout must be in [0, 1), got {self.behaviour_dropout}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.loss not in LOSSES:

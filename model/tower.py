@@ -32,6 +32,7 @@ class InterestExtractor(nn.Module):
                                   config.routing_softmax == "interests", config.dynamic_k, config.init_seed,
                                   config.routing_init_std, config.routing_maps == "per_interest")
         self.normalize = config.normalize
+        self.behaviour_dropout = config.behaviour_dropout
         sizes = [] if config.profile_fusion == "none" else list(config.profile_vocab_sizes)
         self.profile = nn.ModuleList([nn.Embedding(max(int(v), 1), config.profile_dim, padding_idx=0)
                                       for v in sizes])
@@ -65,6 +66,7 @@ class InterestExtractor(nn.Module):
     def forward(self, behaviours: torch.Tensor, mask: torch.Tensor, profile: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """behaviours (B, L, d), mask (B, L) bool, profile (B, P) int64 -> (B, K, d), (B, K), (B, K, L)."""
+        behaviours = nn.functional.dropout(behaviours, self.behaviour_dropout, self.training)   # eval: identity
         capsules, active, weights = self.routing(behaviours, mask)
         k = capsules.size(1)
         user = self.profile_vector(profile).to(capsules.dtype)         # (B, F)

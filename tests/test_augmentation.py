@@ -83,3 +83,26 @@ def test_the_exported_tower_is_deterministic_after_training_with_dropout(dataset
     reference, ref_active, _ = model.eval().interests(cases.histories, cases.profiles)
     assert torch.equal(capsules, again)
     assert torch.allclose(capsules, reference, atol=1e-6) and torch.equal(active, ref_active)
+
+
+def test_behaviour_dropout_acts_in_training_only_and_the_tower_ignores_it(dataset):
+    torch.manual_seed(0)
+    config = ModelConfig(n_items=dataset.n_items, behaviour_dropout=0.5, **SMALL)
+    model = MIND(config)
+    plain = MIND(ModelConfig(n_items=dataset.n_items, **SMALL))
+    plain.load_state_dict(model.state_dict())                         # the same weights, no dropout
+    cases = held_out_set(dataset, dataset.test_users, SMALL["max_len"])
+    with torch.no_grad():
+        trained_mode = model.train().interests(cases.histories, cases.profiles)[0]
+        reference = plain.eval().interests(cases.histories, cases.profiles)[0]
+        assert not torch.allclose(trained_mode, reference)            # dropout acts while training
+        assert torch.equal(model.eval().interests(cases.histories, cases.profiles)[0], reference)
+        served = script_tower(model.user_tower())(cases.histories, cases.profiles)[0]
+    assert torch.allclose(served, reference, atol=1e-6)
+
+
+def test_dropout_rates_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="behaviour_dropout"):
+        ModelConfig(n_items=5, behaviour_dropout=1.0)
+    with pytest.raises(ValueError, match="history_dropout"):
+        TrainConfig(history_dropout=-0.1)
