@@ -25,7 +25,7 @@ PROFILE_FUSIONS = ("concat", "per_interest", "none")
 # after every validation pass that does not improve on the best.
 LR_SCHEDULES = ("constant", "plateau")
 # Values a config.json written before a field existed had implicitly (old runs load unchanged).
-LEGACY_DEFAULTS = {"output_relu": True, "readout": "attention", "routing_maps": "shared",
+LEGACY_DEFAULTS = {"position_embedding": False, "output_relu": True, "readout": "attention", "routing_maps": "shared",
                    "normalize": False, "temperature": 1.0, "profile_fusion": "concat"}
 
 
@@ -63,6 +63,9 @@ class ModelConfig:
     # Training-only dropout on the behaviour vectors entering the routing (identity in eval mode,
     # so the exported tower and serving are unchanged by it).
     behaviour_dropout: float = 0.0
+    # A learned vector per history position (newest last), added to each behaviour before the
+    # routing, so capsules can weigh recent behaviour (SASRec / ComiRec-SA use positions too).
+    position_embedding: bool = False
     loss: str = "sampled"             # "full" softmax or "sampled" softmax with logQ correction
     n_negatives: int = 1000           # shared negatives per batch for the sampled softmax (at least)
     negatives_fraction: float = 0.0   # ... or this share of the catalogue when that is more (see shared_negatives)

@@ -33,6 +33,11 @@ class InterestExtractor(nn.Module):
                                   config.routing_init_std, config.routing_maps == "per_interest")
         self.normalize = config.normalize
         self.behaviour_dropout = config.behaviour_dropout
+        self.use_positions = config.position_embedding
+        if config.position_embedding:
+            self.positions = nn.Parameter(torch.zeros(config.max_len, d))    # (L, d), row L-1 = newest; starts as none
+        else:
+            self.register_buffer("positions", torch.zeros(0, d), persistent=False)
         sizes = [] if config.profile_fusion == "none" else list(config.profile_vocab_sizes)
         self.profile = nn.ModuleList([nn.Embedding(max(int(v), 1), config.profile_dim, padding_idx=0)
                                       for v in sizes])
@@ -67,6 +72,9 @@ class InterestExtractor(nn.Module):
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """behaviours (B, L, d), mask (B, L) bool, profile (B, P) int64 -> (B, K, d), (B, K), (B, K, L)."""
         behaviours = nn.functional.dropout(behaviours, self.behaviour_dropout, self.training)   # eval: identity
+        if self.use_positions:
+            length = behaviours.size(1)
+            behaviours = behaviours + self.positions[self.positions.size(0) - length:].unsqueeze(0)   # (B, L, d)
         capsules, active, weights = self.routing(behaviours, mask)
         k = capsules.size(1)
         user = self.profile_vector(profile).to(capsules.dtype)         # (B, F)

@@ -281,3 +281,44 @@ def test_shared_negatives_are_at_least_n_negatives_or_the_catalogue_share():
     assert ModelConfig(n_items=11924, n_negatives=1000).shared_negatives == 1000
     with pytest.raises(ValueError, match="negatives_fraction"):
         ModelConfig(n_items=10, negatives_fraction=1.5)
+
+
+def _with_positions(model: MIND) -> MIND:
+    """``model`` with random (trained-looking) position vectors instead of their zero start."""
+    with torch.no_grad():
+        model.extractor.positions.copy_(torch.randn(model.extractor.positions.shape, generator=torch.Generator().manual_seed(5)))
+    return model
+
+
+def test_position_embedding_makes_the_capsules_depend_on_the_order_of_the_history():
+    h, p = histories([MAX_LEN, MAX_LEN]), profiles(2)
+    shuffled = h[:, torch.randperm(MAX_LEN, generator=torch.Generator().manual_seed(2))]
+    plain = make_model(position_embedding=False).user_tower()
+    torch.testing.assert_close(plain(shuffled, p)[0], plain(h, p)[0], rtol=0, atol=1e-5)   # a bag of behaviours
+    ordered = _with_positions(make_model(position_embedding=True)).user_tower()
+    assert (ordered(shuffled, p)[0] - ordered(h, p)[0]).abs().max() > 1e-3
+
+
+def test_position_embedding_starts_as_none_is_trained_and_scripts():
+    model = make_model(position_embedding=True)
+    h, p, t = histories([10, 7, 4]), profiles(3), torch.tensor([1, 2, 3])
+    torch.testing.assert_close(model.interests(h, p)[0], make_model(position_embedding=False).interests(h, p)[0])  # zero start
+    user, table = model(h, p, t)
+    full_softmax_loss(user, table, t).backward()
+    assert model.extractor.positions.grad.abs().sum() > 0
+    tower = _with_positions(model).user_tower()
+    scripted = script_tower(tower)
+    for length in (MAX_LEN, 4, MAX_LEN + 5):                           # newest item always on the last position
+        hist = histories([min(n, length) for n in (length, 3, 1)], length=length)
+        for eager, script in zip(tower(hist, profiles(3)), scripted(hist, profiles(3))):
+            torch.testing.assert_close(script, eager, rtol=0, atol=1e-5)
+    short, full = histories([4], length=4), histories([4], length=MAX_LEN)
+    torch.testing.assert_close(tower(short, profiles(1))[0], tower(full, profiles(1))[0], rtol=0, atol=1e-5)
+
+
+def test_runs_written_before_position_embedding_load_without_it():
+    old = {k: v for k, v in to_dict(make_model(position_embedding=False).config).items() if k != "position_embedding"}
+    assert model_config_from_dict(old).position_embedding is False
+    state = make_model(position_embedding=False).state_dict()
+    assert not any("positions" in name for name in state)              # old checkpoints have no such key
+    MIND(model_config_from_dict(old), {"genre": torch.zeros(N_ITEMS + 1, 2, dtype=torch.long)}).load_state_dict(state)
