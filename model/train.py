@@ -80,6 +80,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     m.add_argument("--temperature", type=float, default=MODEL_DEFAULTS.temperature, help="softmax temperature")
     m.add_argument("--profile-fusion", choices=PROFILE_FUSIONS, default=MODEL_DEFAULTS.profile_fusion,
                    help="how the user profile enters the capsules: the same vector into each, one projection per interest, or not at all")
+    m.add_argument("--position-embedding", action=argparse.BooleanOptionalAction,
+                   default=MODEL_DEFAULTS.position_embedding,
+                   help="add a learned vector per history position (newest last) to each behaviour before the routing")
     m.add_argument("--behaviour-dropout", type=float, default=MODEL_DEFAULTS.behaviour_dropout,
                    help="training only: dropout on the behaviour vectors entering the routing")
     m.add_argument("--loss", choices=LOSSES, default=MODEL_DEFAULTS.loss)
@@ -153,6 +156,7 @@ def model_config(args: argparse.Namespace, ds: SequenceDataset) -> ModelConfig:
         pow_p=args.pow_p, hidden_dim=args.hidden_dim,
         routing_init_std=args.routing_init_std, output_relu=args.output_relu, normalize=args.normalize,
         temperature=args.temperature, profile_fusion=args.profile_fusion, behaviour_dropout=args.behaviour_dropout,
+        position_embedding=args.position_embedding,
         loss=args.loss, n_negatives=args.negatives,
         negatives_fraction=args.negatives_fraction,
         profile_vocab_sizes=tuple(len(ds.user_profile_vocabs[f]) for f in ds.profile_features),
