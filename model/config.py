@@ -65,7 +65,9 @@ class ModelConfig:
     behaviour_dropout: float = 0.0
     # A learned vector per history position (newest last), added to each behaviour before the
     # routing, so capsules can weigh recent behaviour (SASRec / ComiRec-SA use positions too).
-    position_embedding: bool = False
+    # Validation R@50, mean of seeds 2020/2021: ml-100k 0.3607 vs 0.3352 without; Amazon Toys
+    # 0.1493 vs 0.1499 (a tie); test: ml-100k 0.3284 vs 0.3048, Toys 0.1468 vs 0.1373 (bench/ablation.md).
+    position_embedding: bool = True
     loss: str = "sampled"             # "full" softmax or "sampled" softmax with logQ correction
     n_negatives: int = 1000           # shared negatives per batch for the sampled softmax (at least)
     negatives_fraction: float = 0.0   # ... or this share of the catalogue when that is more (see shared_negatives)
