@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +23,7 @@ import faiss
 import numpy as np
 import torch
 
+from model.artifacts import move_into_place, staging_dir
 from model.bundle_files import (CATEGORIES_KEY, FILES, FORMAT_VERSION, INDEX, ITEM_IDS, ITEM_VECTORS,
                                 MANIFEST, OPTIONAL_FILES, POPULARITY, PROFILE_VOCAB, TOWER, TOWER_PROGRAM,
                                 BundleError, ItemCategories, read_index, read_item_categories,
@@ -128,17 +126,6 @@ def _resolve_target(out_dir: Path, created: datetime, model_version: str, force:
     return out_dir / f"{created.strftime('%Y%m%dT%H%M%S.%fZ')}-{model_version[:12]}"
 
 
-def _move_into_place(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside, then deleted."""
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, target)
-
-
 def _scripted_tower(tower, max_len: int, n_profile: int, item_dim: int):
     """Script ``tower`` if needed and probe it; return (tower, n_interests, dim)."""
     tower = script_tower(tower).eval()
@@ -199,8 +186,7 @@ def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popul
         _refuse_unforced(out_dir, force)
     tower, n_interests, dim = _scripted_tower(tower, max_len, len(profile_vocab), vectors.shape[1])
     parent = out_dir if out_dir.is_dir() and not is_bundle else out_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".bundle-tmp-", dir=parent))
+    tmp = staging_dir(parent / "bundle")   # hidden: `latest_bundle` skips it
     tmp.chmod(BUNDLE_DIR_MODE)   # mkdtemp makes it 0700; a service may run as another user
     try:
         index_entry, categories = _write_payload(
@@ -215,7 +201,7 @@ def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popul
                              metrics=dict(metrics or {}), data=dict(data or {}), **optional)
         _write_json(tmp / MANIFEST, manifest)
         target = _resolve_target(out_dir, created, manifest["model_version"], force)
-        _move_into_place(tmp, target)
+        move_into_place(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

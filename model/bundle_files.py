@@ -13,7 +13,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from model.jsonfile import read_json as read_json_file
+from model.artifacts import read_json as read_json_file
 from model.retrieval import NO_CATEGORY
 
 MANIFEST = "manifest.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from model.data import DataFormatError, RunDataMismatch, holdout, rebuild_dataset
-from model.jsonfile import read_json
+from model.artifacts import read_json
 from model.protocol import HeldOut, MindRetriever, tower_capsule_fn
 
 SPLIT_USERS = {"test": "test_users", "validation": "val_users"}

@@ -18,7 +18,7 @@ import torch
 
 from model.bundle import BundleError, ItemCategories, load_bundle, prepare_histories, write_bundle
 from model.index import INDEX_KINDS, IndexTuningError, choose_kind
-from model.jsonfile import read_json
+from model.artifacts import read_json
 from model.run import CONFIG, SIDE_PREFIX, RunError, config_max_len, load_run
 from model.tower_format import EXPORT, export_tower, script_tower
 

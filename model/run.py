@@ -6,16 +6,13 @@ popularity.json, metrics.json; the K=1 baseline run in baselines/k1/.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from model.artifacts import read_json
 from model.config import ModelConfig, TrainConfig, model_config_from_dict, to_dict
-from model.jsonfile import read_json
 from model.tower import MIND
 
 CONFIG, CHECKPOINT, VOCAB, SPLIT, POPULARITY, METRICS = (
@@ -63,23 +60,6 @@ def config_max_len(config: dict, where: Path | str = CONFIG, error: type[Excepti
         if value is not None:
             return int(value)
     raise error(f"{where}: no max_len in its model or train section")
-
-
-def staging_dir(out_dir: Path) -> Path:
-    """A fresh temporary directory beside ``out_dir`` (same filesystem, so rename is atomic)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-
-
-def publish(staged: Path, out_dir: Path) -> None:
-    """Move a complete staged run into place; an old run at ``out_dir`` is replaced only now."""
-    if out_dir.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, retired / "run")
-        os.replace(staged, out_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staged, out_dir)
 
 
 def _read_json(path: Path) -> dict:

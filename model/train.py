@@ -33,7 +33,8 @@ from model.loss import full_softmax_loss, max_readout_loss, sampled_softmax_loss
 from model.metrics import evaluate_rankings
 from model.protocol import interest_diversity
 from model.retrieval import multi_interest_topn
-from model.run import K1_BASELINE, publish, staging_dir, write_run_files
+from model.artifacts import move_into_place, staging_dir
+from model.run import K1_BASELINE, write_run_files
 from model.tower import MIND
 
 EARLY_STOP_METRIC = "recall@50"
@@ -459,7 +460,7 @@ def run_training(ds: SequenceDataset, data_config: dict, config: ModelConfig, tr
                 (staged / subdir).mkdir(parents=True, exist_ok=True)
                 save(model, results[name], train_config, data_config, ds, staged / subdir)
         if rank == 0:
-            publish(staged, out)
+            move_into_place(staged, out)
             print(f"mind train: wrote {out}; test recall@50: " +
                   ", ".join(f"{k} {v['test'][EARLY_STOP_METRIC]:.4f}" for k, v in results.items()))
             for line in interest_report(config.n_interests, results["MIND"], results.get("MIND K=1")):
