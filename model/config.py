@@ -79,24 +79,18 @@ class ModelConfig:
         return max(self.n_negatives, math.ceil(self.negatives_fraction * self.n_items))
 
     def __post_init__(self):
-        if self.routing_softmax not in ROUTING_AXES:
-            raise ValueError(f"routing_softmax must be one of {ROUTING_AXES}, got {self.routing_softmax!r}")
-        if self.readout not in READOUTS:
-            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
-        if self.routing_maps not in ROUTING_MAPS:
-            raise ValueError(f"routing_maps must be one of {ROUTING_MAPS}, got {self.routing_maps!r}")
+        for name, choices in (("routing_softmax", ROUTING_AXES), ("readout", READOUTS), ("routing_maps", ROUTING_MAPS),
+                              ("profile_fusion", PROFILE_FUSIONS), ("loss", LOSSES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.readout_smoothing < 0:
             raise ValueError(f"readout_smoothing must be >= 0, got {self.readout_smoothing}")
         if not 0 <= self.negatives_fraction <= 1:
             raise ValueError(f"negatives_fraction must be in [0, 1], got {self.negatives_fraction}")
-        if self.profile_fusion not in PROFILE_FUSIONS:
-            raise ValueError(f"profile_fusion must be one of {PROFILE_FUSIONS}, got {self.profile_fusion!r}")
         if not 0 <= self.behaviour_dropout < 1:
             raise ValueError(f"behaviour_dropout must be in [0, 1), got {self.behaviour_dropout}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         for name in ("n_items", "embed_dim", "n_interests", "max_len", "routing_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

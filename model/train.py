@@ -125,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         ds, data = training_data(args)
         config = model_config(args, ds)
-        training = train_config(args)
+        training = from_flags(TrainConfig, args)
     except (ValueError, OSError) as err:
         return fail(str(err))
     if ds.n_items == 0 or len(ds.train_users) == 0 or len(ds.val_users) == 0:
@@ -149,26 +149,16 @@ def training_data(args: argparse.Namespace) -> tuple[SequenceDataset, dict]:
     return ds, data_config(path, k_core=args.k_core, seed=args.split_seed, **loader)
 
 
+def from_flags(cls, args: argparse.Namespace, **extra):
+    """The config dataclass ``cls`` of the flags named as its fields, plus ``extra``."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}, **extra)
+
+
 def model_config(args: argparse.Namespace, ds: SequenceDataset) -> ModelConfig:
-    return ModelConfig(
-        n_items=ds.n_items, embed_dim=args.embed_dim, n_interests=args.interests, max_len=args.max_len,
-        routing_iters=args.routing_iters, routing_softmax=args.routing_softmax, routing_maps=args.routing_maps,
-        dynamic_k=not args.no_dynamic_k, readout=args.readout, readout_smoothing=args.readout_smoothing,
-        pow_p=args.pow_p, hidden_dim=args.hidden_dim,
-        routing_init_std=args.routing_init_std, output_relu=args.output_relu, normalize=args.normalize,
-        temperature=args.temperature, profile_fusion=args.profile_fusion, behaviour_dropout=args.behaviour_dropout,
-        position_embedding=args.position_embedding,
-        loss=args.loss, n_negatives=args.negatives,
-        negatives_fraction=args.negatives_fraction,
-        profile_vocab_sizes=tuple(len(ds.user_profile_vocabs[f]) for f in ds.profile_features),
-        item_side_vocab_sizes={f: len(v) for f, v in ds.item_side_vocabs.items()}, init_seed=args.seed)
-
-
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                       lr_schedule=args.lr_schedule, lr_decay=args.lr_decay, patience=args.patience,
-                       samples_per_user=args.samples_per_user, history_dropout=args.history_dropout, seed=args.seed,
-                       device=args.device)
+    return from_flags(ModelConfig, args, n_items=ds.n_items, n_interests=args.interests, n_negatives=args.negatives,
+                      dynamic_k=not args.no_dynamic_k, init_seed=args.seed,
+                      profile_vocab_sizes=tuple(len(ds.user_profile_vocabs[f]) for f in ds.profile_features),
+                      item_side_vocab_sizes={f: len(v) for f, v in ds.item_side_vocabs.items()})
 
 
 @dataclass(frozen=True)
@@ -387,11 +377,6 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- runs and saving
-def k1_config(config: ModelConfig) -> ModelConfig:
-    """The YouTube-DNN-style single-vector baseline: the same model with K = 1."""
-    return dataclasses.replace(config, n_interests=1)
-
-
 def train_one(config: ModelConfig, ds: SequenceDataset, train_config: TrainConfig, device: torch.device,
               progress: Progress, rank: int, world: int) -> tuple[MIND, dict]:
     """Train one model; returns it (best checkpoint loaded) and its metrics."""
@@ -448,7 +433,8 @@ def run_training(ds: SequenceDataset, data_config: dict, config: ModelConfig, tr
               "capsules (--profile-fusion none, the default: it kept the interests apart on ml-100k, "
               "bench/ablation.md); requests may send them, the model does not use them; "
               "--profile-fusion concat uses them", file=sys.stderr)
-    variants = [("MIND", config, Path("."))] + ([("MIND K=1", k1_config(config), K1_BASELINE)] if baselines else [])
+    k1 = dataclasses.replace(config, n_interests=1)   # the YouTube-DNN-style single-vector baseline
+    variants = [("MIND", config, Path("."))] + ([("MIND K=1", k1, K1_BASELINE)] if baselines else [])
     staged = staging_dir(out) if rank == 0 else None
     try:
         results = {}
