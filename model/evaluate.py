@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from model.device import DeviceError, resolve_device
-from model.eval_sources import EvaluationError, EvalSource, bundle_source, run_source
+from model.eval_sources import EvaluationError, bundle_source, run_source
 from model.protocol import CUTOFFS, diversity_all, rank_all, score_all
 from model.run import K1_BASELINE
 
@@ -46,14 +46,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for the user tower (cpu, cuda, auto)")
 
 
-def evaluate_source(source: EvalSource) -> tuple[dict, dict]:
-    """Rank and score every method of ``source``; return (result JSON, Recall@N curves)."""
-    rankings = rank_all(source.held, source.retrievers)
-    metrics, curves = score_all(rankings, source.held.target_rows)
-    return {"source": source.info, "cutoffs": list(CUTOFFS), "metrics": metrics,
-            "diversity": diversity_all(source.held, source.retrievers), "missing": source.missing}, curves
-
-
 def _device(name: str) -> torch.device:
     """The ``--device`` of the command (model.device's rule); an unusable one is an EvaluationError."""
     try:
@@ -71,7 +63,9 @@ def main(args: argparse.Namespace) -> int:
         else:
             source = bundle_source(args.bundle, args.split, args.data, _device(args.device))
             out_dir = args.out or args.bundle / "eval"
-        result, curves = evaluate_source(source)
+        metrics, curves = score_all(rank_all(source.held, source.retrievers), source.held.target_rows)
+        result = {"source": source.info, "cutoffs": list(CUTOFFS), "metrics": metrics,
+                  "diversity": diversity_all(source.held, source.retrievers), "missing": source.missing}
         command = "mind " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["evaluate"] else "mind evaluate"
         written = write_report(result, curves, Path(out_dir), command)
     except (EvaluationError, OSError) as err:

@@ -8,13 +8,15 @@ import numpy as np
 from model.retrieval import exclusion_mask
 
 
-def hit_matrix(ranked_rows: np.ndarray, target_rows: Sequence[np.ndarray]) -> np.ndarray:
-    """(U, n) bool: ``ranked_rows[u, r]`` is one of user u's targets (``-1`` never hits)."""
+def hit_matrix(ranked_rows: np.ndarray, target_rows: Sequence[np.ndarray], width: int = 0) -> np.ndarray:
+    """(U, max(n, width)) bool: ``ranked_rows[u, r]`` is one of user u's targets (``-1`` never
+    hits); a list shorter than ``width`` misses in the columns past its end."""
     ranked_rows = np.asarray(ranked_rows, dtype=np.int64)
     if len(target_rows) != ranked_rows.shape[0]:
         raise ValueError(f"{ranked_rows.shape[0]} ranked lists but {len(target_rows)} target lists")
     targets = [np.asarray(t, dtype=np.int64) for t in target_rows]
-    return exclusion_mask(ranked_rows, targets) & (ranked_rows >= 0)     # the same per-user membership test
+    hits = exclusion_mask(ranked_rows, targets) & (ranked_rows >= 0)     # the same per-user membership test
+    return np.pad(hits, ((0, 0), (0, max(0, width - hits.shape[1]))))
 
 
 def evaluate_rankings(ranked_rows: np.ndarray, target_rows: Sequence[np.ndarray],
@@ -28,10 +30,8 @@ def evaluate_rankings(ranked_rows: np.ndarray, target_rows: Sequence[np.ndarray]
     n_targets = np.array([len(np.unique(t)) for t in target_rows], dtype=np.float64)  # (U,)
     if (n_targets == 0).any():
         raise ValueError(f"user {int(np.argmin(n_targets))} has no targets; every evaluated user needs one")
-    hits = hit_matrix(ranked_rows, target_rows)                      # (U, n)
     widest = max(ns)
-    if hits.shape[1] < widest:
-        hits = np.pad(hits, ((0, 0), (0, widest - hits.shape[1])))
+    hits = hit_matrix(ranked_rows, target_rows, widest)              # (U, >= widest)
     discounts = 1.0 / np.log2(np.arange(widest) + 2.0)              # (widest,)
     ideal = np.concatenate([[0.0], np.cumsum(discounts)])            # ideal[k] = IDCG of k hits
     result: dict[str, float] = {}
@@ -48,9 +48,7 @@ def evaluate_rankings(ranked_rows: np.ndarray, target_rows: Sequence[np.ndarray]
 def recall_curve(ranked_rows: np.ndarray, target_rows: Sequence[np.ndarray], max_n: int = 100) -> np.ndarray:
     """(max_n,) float64: mean Recall@N for N = 1..max_n (one pass over the hit matrix)."""
     n_targets = np.array([len(np.unique(t)) for t in target_rows], dtype=np.float64)
-    hits = hit_matrix(ranked_rows, target_rows)[:, :max_n]
-    if hits.shape[1] < max_n:
-        hits = np.pad(hits, ((0, 0), (0, max_n - hits.shape[1])))
+    hits = hit_matrix(ranked_rows, target_rows, max_n)[:, :max_n]     # (U, max_n)
     return (np.cumsum(hits, axis=1) / n_targets[:, None]).mean(axis=0)
 
 

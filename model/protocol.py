@@ -96,12 +96,6 @@ def interest_diversity(capsules: np.ndarray, active: np.ndarray, item_vectors: n
             f"one_interest_overlap@{n}": mean_jaccard(alone, merged)}
 
 
-def _indices_to_space(histories: np.ndarray, mapping: np.ndarray | None) -> np.ndarray:
-    """Dataset item indices (U, L) (0 = pad) -> the source's indices; unknown items become pad
-    (index = row + 1, so pad and absent rows, both -1, land on 0)."""
-    return _rows_to_space(histories - 1, mapping) + 1
-
-
 def _rows_to_space(rows: np.ndarray, mapping: np.ndarray | None) -> np.ndarray:
     """Rows -> rows of the other numbering; rows ``-1`` or absent there are dropped/kept -1."""
     if mapping is None:
@@ -111,7 +105,8 @@ def _rows_to_space(rows: np.ndarray, mapping: np.ndarray | None) -> np.ndarray:
 
 def source_capsules(retriever: MindRetriever, held: HeldOut) -> tuple[np.ndarray, np.ndarray]:
     """(U, K, d) capsules and (U, K) active mask of the held-out users from ``retriever``."""
-    histories = _indices_to_space(held.histories, retriever.index_of_dataset_row)     # (U, L)
+    # (U, L) in the source's indices (index = row + 1): pad and unknown items (row -1) land on 0
+    histories = _rows_to_space(held.histories - 1, retriever.index_of_dataset_row) + 1
     profiles = retriever.encode_profiles(held.profile_values, len(histories))         # (U, P)
     return retriever.capsule_fn(histories, profiles)
 
