@@ -31,7 +31,7 @@ from model.bundle_files import (CATEGORIES_KEY, FILES, FORMAT_VERSION, INDEX, IT
                                 verify_files, write_item_categories)
 from model.index import apply_params, build_index, perturbed_queries, tune_index
 from model.tower_format import (EXPORT, TORCHSCRIPT, TOWER_FORMATS, load_tower, probe_tower,
-                                save_program, save_torchscript, script_tower, tower_device)
+                                save_torchscript, script_tower, tower_device)
 
 UNKNOWN_VALUE = "<unk>"
 BUNDLE_DIR_MODE = 0o755
@@ -94,7 +94,7 @@ def _write_payload(tmp: Path, *, tower, item_vectors: np.ndarray, item_ids: Sequ
     its item_categories entry (None without categories)."""
     save_torchscript(tower, tmp / TOWER)
     if tower_program is not None:
-        save_program(tower_program, tmp / TOWER_PROGRAM)
+        torch.export.save(tower_program, str(tmp / TOWER_PROGRAM))
     categories = (None if item_categories is None
                   else write_item_categories(tmp, item_categories, len(item_ids)))
     np.save(tmp / ITEM_VECTORS, item_vectors, allow_pickle=False)

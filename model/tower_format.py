@@ -3,8 +3,8 @@ contract) and torch.export (``user_tower.pt2``, dynamic batch; torch deprecated 
 in 2.11; served with ``MIND_TOWER_FORMAT=export``). Both map history (B, L), profile (B, P)
 int64 -> capsules (B, K, d) float32, active (B, K) bool, weights (B, K, L).
 
-Every ``torch.jit`` call goes through the three functions below, which silence torch's
-deprecation warning for that call only (never process-wide).
+Every ``torch.jit`` call here silences torch's deprecation warning for that call only (never
+process-wide).
 """
 from __future__ import annotations
 
@@ -44,11 +44,6 @@ def save_torchscript(tower: torch.jit.ScriptModule, file: Path) -> None:
         torch.jit.save(tower, str(file))
 
 
-def load_torchscript(file: Path, device: torch.device) -> torch.jit.ScriptModule:
-    with _jit_deprecation_silenced():
-        return torch.jit.load(str(file), map_location=device)
-
-
 def export_tower(tower: torch.nn.Module, max_len: int, n_profile: int) -> torch.export.ExportedProgram:
     """``torch.export`` of an eager tower on CPU, batch dimension dynamic, L = max_len fixed."""
     history = torch.zeros(2, max_len, dtype=torch.int64)              # (B, L) example input
@@ -60,16 +55,13 @@ def export_tower(tower: torch.nn.Module, max_len: int, n_profile: int) -> torch.
                                    dynamic_shapes=({0: batch}, {0: batch}))
 
 
-def save_program(program: torch.export.ExportedProgram, file: Path) -> None:
-    torch.export.save(program, str(file))
-
-
 def load_tower(file: Path, tower_format: str, device: torch.device) -> torch.nn.Module:
     """A tower file of either format on ``device``, for serving: eval mode, no autograd."""
     if tower_format == EXPORT:
         tower = torch.export.load(str(file)).module().to(device)   # the exported program's callable module
     else:
-        tower = load_torchscript(file, device).eval()
+        with _jit_deprecation_silenced():
+            tower = torch.jit.load(str(file), map_location=device).eval()
     for parameter in tower.parameters():   # serving only: outputs carry no autograd graph
         parameter.requires_grad_(False)
     return tower

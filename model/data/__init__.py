@@ -54,7 +54,8 @@ def load_interactions(path, *, fmt=None, user_col=None, item_col=None, time_col=
         raise DataFormatError(path, None, f"{fmt} has fixed columns, so {sorted(fixed)} cannot apply; "
                                           f"use fmt='csv' or 'tsv' to name columns")
     log, users, items = FORMATS[fmt](path, separator(path, fmt, sep), given, user_features, item_features)
-    profiles = profile_values(choose_features(users[0], user_features, "token", users[1]))
+    profiles = {uid: {c: toks[0] for c, toks in row.items()}   # a user's features: single values
+                for uid, row in choose_features(users[0], user_features, "token", users[1]).items()}
     features = choose_features(items[0], item_features, "token_seq", items[1])
     pa.default_memory_pool().release_unused()  # the read's buffers: ~100 MiB at 2M rows, else kept by the pool
     return Interactions(log.user_codes, log.user_keys, log.item_codes, log.item_keys, log.timestamps, profiles, features)
@@ -87,11 +88,6 @@ def choose_features(side: SideTable | None, requested: list[str] | None, default
 def _dense(rows: dict[str, dict[str, list[str]]], column: str) -> bool:
     values = {tok for row in rows.values() for tok in row.get(column, ())}
     return bool(values) and is_dense_enough(len(values), len(rows))
-
-
-def profile_values(table: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, str]]:
-    """A user side table with single-token values as the contract's {user: {feature: value}}."""
-    return {uid: {c: toks[0] for c, toks in row.items() if toks} for uid, row in table.items()}
 
 
 def load_dataset(source, *, k_core: int = 5, seed: int = 2020, split=(0.8, 0.1, 0.1), rank: int = 0,
