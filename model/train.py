@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.artifacts import move_into_place, staging_dir
 from model.config import (LOSSES, LR_SCHEDULES, PROFILE_FUSIONS, READOUTS, ROUTING_AXES, ROUTING_MAPS,
                           ModelConfig, TrainConfig)
 from model.data import (FORMATS, HISTORY_FRACTION, SequenceDataset, data_config, holdout, load_dataset,
@@ -31,14 +32,12 @@ from model.data import (FORMATS, HISTORY_FRACTION, SequenceDataset, data_config,
 from model.device import DeviceError, resolve_device
 from model.loss import full_softmax_loss, max_readout_loss, sampled_softmax_loss, sampling_distribution
 from model.metrics import evaluate_rankings
-from model.protocol import interest_diversity
+from model.protocol import interest_diversity, tower_capsule_fn
 from model.retrieval import multi_interest_topn
-from model.artifacts import move_into_place, staging_dir
 from model.run import K1_BASELINE, write_run_files
 from model.tower import MIND
 
 EARLY_STOP_METRIC = "recall@50"
-EVAL_BATCH = 1024
 COLLAPSED_COSINE = 0.8   # mean pairwise capsule cosine above this: the K capsules act as one vector
 MODEL_DEFAULTS = ModelConfig(n_items=1)
 TRAIN_DEFAULTS = TrainConfig()
@@ -337,13 +336,8 @@ def user_interests(model: MIND, histories: torch.Tensor, profiles: torch.Tensor,
     """(U, K, d) float32 capsules and (U, K) bool active mask, in eval mode, batched."""
     model.eval()
     table = model.item_vectors()
-    caps, act = [], []
-    for start in range(0, len(histories), EVAL_BATCH):
-        c, a, _ = model.interests(histories[start:start + EVAL_BATCH].to(device),
-                                  profiles[start:start + EVAL_BATCH].to(device), table)
-        caps.append(c.float().cpu().numpy())
-        act.append(a.cpu().numpy())
-    return np.concatenate(caps), np.concatenate(act)
+    capsules_of = tower_capsule_fn(lambda h, p: model.interests(h, p, table), model.config.max_len, device)
+    return capsules_of(histories, profiles)
 
 
 @torch.no_grad()
