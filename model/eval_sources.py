@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data import DataFormatError, RunDataMismatch, holdout, rebuild_dataset
 from model.artifacts import read_json
+from model.data import DataFormatError, RunDataMismatch, holdout, rebuild_dataset
 from model.protocol import HeldOut, MindRetriever, tower_capsule_fn
 
 SPLIT_USERS = {"test": "test_users", "validation": "val_users"}

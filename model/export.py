@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.artifacts import read_json
 from model.bundle import BundleError, ItemCategories, load_bundle, prepare_histories, write_bundle
 from model.index import INDEX_KINDS, IndexTuningError, choose_kind
-from model.artifacts import read_json
-from model.run import CONFIG, SIDE_PREFIX, RunError, config_max_len, load_run
+from model.run import CHECKPOINT, CONFIG, METRICS, POPULARITY, SIDE_PREFIX, VOCAB, RunError, config_max_len, load_run
 from model.tower_format import EXPORT, export_tower, script_tower
 
-RUN_FILES = ("config.json", "checkpoint.pt", "vocab.json", "popularity.json", "metrics.json")
+RUN_FILES = (CONFIG, CHECKPOINT, VOCAB, POPULARITY, METRICS)
 N_TUNE_HISTORIES = 256
 POPULARITY_SMOOTHING = 10.0   # rank offset of the 1/(rank + c) history sampler
 CATEGORY_FEATURE_NAMES = ("category", "categories", "class", "genre", "genres")  # auto choice, in order
@@ -70,12 +70,12 @@ def read_run(run_dir: Path) -> dict:
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
             raise RunError(f"{run_dir / name}: missing (is {run_dir} a finished `mind train` run?)")
-    config = read_json(run_dir / "config.json", dict, RunError)   # RUN_FILES exist: checked above
-    vocab = read_json(run_dir / "vocab.json", dict, RunError)
+    config = read_json(run_dir / CONFIG, dict, RunError)   # RUN_FILES exist: checked above
+    vocab = read_json(run_dir / VOCAB, dict, RunError)
     if not isinstance(vocab.get("items"), list) or len(vocab["items"]) < 2:
         raise RunError(f"{run_dir / 'vocab.json'}: no item vocabulary")
-    popularity = np.asarray(read_json(run_dir / "popularity.json", list, RunError), dtype=np.int64)
-    metrics = read_json(run_dir / "metrics.json", dict, RunError)
+    popularity = np.asarray(read_json(run_dir / POPULARITY, list, RunError), dtype=np.int64)
+    metrics = read_json(run_dir / METRICS, dict, RunError)
     return {"config": config, "vocab": vocab, "popular_rows": popularity[popularity > 0] - 1,
             "metrics": {k: v for k, v in metrics.items() if k != "history"},
             "max_len": config_max_len(config, run_dir / CONFIG)}
