@@ -103,9 +103,8 @@ def read_latest_csv(path: Path, sep: str, given, user_features, item_features):
         movie_line, movie_header = header_row(movies, ",")
         wanted = {"item": "movieId", "genres": "genres"}
         at = _positions(movie_header, pick_columns(movies, movie_line, movie_header, wanted, roles=tuple(wanted)))
-        rows = side_rows(movies, ",", len(movie_header), at["item"], skip=movie_line)
-        items = SideTable(movies, _first_rows(rows, at["item"], lambda f: {"genre": _genre_list(f[at["genres"]])}),
-                          GENRE_KIND)
+        items = _side_table(movies, ",", len(movie_header), at["item"], GENRE_KIND,
+                            lambda f: {"genre": _genre_list(f[at["genres"]])}, skip=movie_line)
     return log, (None, path.parent / "users.csv"), (items, movies)
 
 
@@ -266,24 +265,23 @@ def _atomic_side(path: Path, sep: str, id_name: str) -> SideTable | None:
         return {n: fields[i].split() if t == "token_seq" else [fields[i].strip()] if fields[i].strip() else []
                 for i, n, t in kept}
 
-    return SideTable(path, _first_rows(side_rows(path, sep, len(names), id_at, skip=line), id_at, parse),
-                     {n: t for _, n, t in kept})
+    return _side_table(path, sep, len(names), id_at, {n: t for _, n, t in kept}, parse, skip=line)
 
 
-def _first_rows(rows: list[list[str]], id_at: int, parse) -> dict[str, dict[str, list[str]]]:
-    """{id: parse(fields)}; a repeated id keeps its first row."""
+def _side_table(path: Path, sep: str, n_fields: int, id_at: int, kinds: dict[str, str], parse,
+                **read) -> SideTable:
+    """{id: parse(fields)} over the rows of a side file (`logs.side_rows`; `read`: its skip and
+    encoding); a repeated id keeps its first row."""
     table: dict[str, dict[str, list[str]]] = {}
-    for fields in rows:
+    for fields in side_rows(path, sep, n_fields, id_at, **read):
         if fields[id_at].strip() not in table:
             table[fields[id_at].strip()] = parse(fields)
-    return table
+    return SideTable(path, table, kinds)
 
 
 def _movielens_side(path: Path, sep: str, n_fields: int, kinds: dict[str, str], parse) -> SideTable | None:
     """A latin-1 MovieLens side file (id first) as a `SideTable`, or None when absent."""
-    if not path.is_file():
-        return None
-    return SideTable(path, _first_rows(side_rows(path, sep, n_fields, 0, encoding=LATIN1), 0, parse), kinds)
+    return _side_table(path, sep, n_fields, 0, kinds, parse, encoding=LATIN1) if path.is_file() else None
 
 
 def _genre_list(text: str) -> list[str]:
