@@ -103,12 +103,10 @@ def generate_synthetic(root: Path, spec: "SyntheticSpec | None" = None) -> Path:
 
 def _local_candidates(name: str) -> list[Path]:
     """Existing copies of dataset `name` to try, in order."""
-    found = []
-    if os.environ.get("MIND_DATA_DIR"):
-        folder = Path(os.environ["MIND_DATA_DIR"]) / name
-        found += [folder / f"{name}.inter"]
-        if name in MOVIELENS_FILES:
-            found += [folder / Path(MOVIELENS_FILES[name]).name, Path(os.environ["MIND_DATA_DIR"]) / MOVIELENS_FILES[name]]
+    data_dir = os.environ.get("MIND_DATA_DIR")
+    found = [Path(data_dir) / name / f"{name}.inter"] if data_dir else []
+    if data_dir and name in MOVIELENS_FILES:   # MOVIELENS_FILES[name] is <name>/<file>
+        found.append(Path(data_dir) / MOVIELENS_FILES[name])
     if name == "ml-100k":
         shared = os.environ.get("MIND_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data"
         found.append(Path(shared) / "ml-100k" / "ml-100k.inter")
