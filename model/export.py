@@ -170,12 +170,9 @@ def export_run(run_dir: Path, out_dir: Path, index_type: str | None = None, forc
 def main(args: argparse.Namespace) -> int:
     try:
         path = export_run(args.run, args.out, args.index, args.force, args.category_feature)
-    except (RunError, OSError, ValueError) as err:   # OSError: e.g. --out not writable
+    except (RunError, OSError, ValueError, IndexTuningError, TowerScriptError) as err:   # OSError: e.g. --out not writable
         print(f"mind export: {err}", file=sys.stderr)
-        return 2
-    except (IndexTuningError, TowerScriptError) as err:
-        print(f"mind export: {err}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(err, (IndexTuningError, TowerScriptError)) else 2   # 1: not the input's fault
     try:
         bundle = load_bundle(path)
         load_bundle(path, tower_format=EXPORT)   # the export program loads and runs too
