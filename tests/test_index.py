@@ -5,8 +5,11 @@ import faiss
 import numpy as np
 import pytest
 
-from model.index import (FLAT_MAX_ITEMS, IndexTuningError, apply_params, build_index,
-                         choose_kind, exact_top_k, perturbed_queries, recall_at_k, tune_index)
+from concurrent.futures import ThreadPoolExecutor
+
+from model.index import (FLAT_MAX_ITEMS, IndexTuningError, ShardedFlatIndex, apply_params, build_index,
+                         choose_kind, exact_top_k, flat_index, perturbed_queries, recall_at_k, top_k_of_lists,
+                         tune_index)
 
 
 def clustered_catalogue(n_items: int, dim: int, n_clusters: int = 200, seed: int = 0) -> np.ndarray:
@@ -77,3 +80,35 @@ def test_flat_needs_no_tuning_and_unreachable_target_is_an_error(catalogue):
 def test_recall_at_k_counts_overlap():
     exact = np.array([[1, 2, 3, 4]])
     assert recall_at_k(np.array([[4, 3, 9, -1]]), exact) == 0.5
+
+
+@pytest.mark.parametrize("n_shards", [2, 3, 7])
+def test_a_flat_index_split_into_shards_finds_what_the_whole_one_finds(n_shards):
+    """The service splits its flat index into row shards searched at once: same rows, same
+    order (scores to float precision), for an uneven split too."""
+    rng = np.random.default_rng(n_shards)
+    items = rng.standard_normal((1001, 16)).astype(np.float32)
+    queries = rng.standard_normal((20, 16)).astype(np.float32)
+    whole_scores, whole_rows = flat_index(items).search(queries, 60)
+    with ThreadPoolExecutor(n_shards - 1) as pool:
+        sharded = ShardedFlatIndex(items, n_shards, pool)
+        scores, rows = sharded.search(queries, 60)
+    assert len(sharded.shards) == n_shards and (sharded.ntotal, sharded.d) == (1001, 16)
+    np.testing.assert_array_equal(rows, whole_rows)
+    np.testing.assert_allclose(scores, whole_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_shards_smaller_than_k_pad_with_empty_rows():
+    items = np.eye(5, 4, dtype=np.float32)
+    with ThreadPoolExecutor(1) as pool:
+        scores, rows = ShardedFlatIndex(items, 2, pool).search(np.ones((1, 4), np.float32), 8)
+    assert rows[0].tolist() == [0, 1, 2, 3, 4, -1, -1, -1]           # ties by row; the zero vector last
+    assert scores[0, :5].tolist() == [1, 1, 1, 1, 0] and np.isneginf(scores[0, 5:]).all()
+
+
+def test_top_k_of_lists_breaks_ties_by_the_smaller_row_and_puts_empty_slots_last():
+    scores = np.array([[0.5, 0.9, 0.5, 7.0, 0.9]], np.float32)
+    rows = np.array([[8, 4, 2, -1, 3]])
+    top_scores, top_rows = top_k_of_lists(scores, rows, 6)
+    assert top_rows.tolist() == [[3, 4, 2, 8, -1, -1]]
+    assert top_scores[0, :4].tolist() == pytest.approx([0.9, 0.9, 0.5, 0.5]) and np.isneginf(top_scores[0, 4:]).all()
