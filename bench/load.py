@@ -149,7 +149,9 @@ def running_server(bundle: Path, port: int, env: dict[str, str], log_path: Path,
         yield server
     finally:
         server.send_signal(signal.SIGTERM)
-        print(f"server exit code after SIGTERM: {server.wait(timeout=60)}")
+        # uvicorn re-raises SIGTERM after its graceful shutdown: `mind serve` turns that into
+        # exit 0, bench/plain_server.py (uvicorn.run as is) dies of it: -15 there is normal.
+        print(f"{kind} server exit code after SIGTERM: {server.wait(timeout=60)}")
 
 
 def parse_args(argv):
@@ -188,7 +190,8 @@ def _pipeline_baseline(bundle_path: Path, args) -> float:
     from service.settings import Settings, auto_batch_workers
     settings = Settings(**{k.removeprefix("MIND_").lower(): v for k, v in (e.split("=", 1) for e in args.env)})
     configure_compute(settings)
-    workers = settings.batch_workers or auto_batch_workers(os.cpu_count(), settings.faiss_threads, "cpu")
+    workers = settings.batch_workers or auto_batch_workers(os.cpu_count(), max(settings.faiss_threads, settings.search_threads),
+                                                             "cpu")
     bundle = load_bundle(bundle_path)
     histories = random_histories(bundle, 4096, args.history)
     best = {n: max(measure(bundle, size, histories, args.top_n, args.pipeline_seconds, n, settings)["rps"]

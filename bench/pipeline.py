@@ -26,6 +26,7 @@ import torch
 from model.bundle import Bundle, load_bundle, write_bundle
 from service.pipeline import RecallQuery, RetrievalOptions, configure_compute, recall_batch
 from service.settings import Settings
+from service.state import search_pool, split_index
 
 DEFAULT_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "mind-recall-bench"
 
@@ -106,6 +107,9 @@ def measure(bundle: Bundle, batch_size: int, histories: list[list[str]], top_n: 
     service's batch workers, each configured with ``settings``' thread counts); requests/s
     and per-batch latency (ms)."""
     options = RetrievalOptions.from_settings(settings or Settings())
+    pool = search_pool(settings) if settings is not None else None
+    if pool is not None:           # the flat index split as the service splits it
+        bundle = split_index(bundle, settings.search_threads, pool)
     queries = [RecallQuery(history=tuple(h), top_n=top_n) for h in histories]
     latencies: list[float] = []
     start = time.perf_counter()
@@ -113,6 +117,8 @@ def measure(bundle: Bundle, batch_size: int, histories: list[list[str]], top_n: 
         served = sum(pool.map(lambda w: _run_batches(bundle, queries, batch_size, start + seconds, w * 997, options,
                                                      settings, latencies), range(workers)))
     elapsed = time.perf_counter() - start
+    if pool is not None:
+        pool.shutdown()
     ms = np.asarray(latencies) * 1000
     return {"batch": batch_size, "rps": served / elapsed, "p50_ms": float(np.percentile(ms, 50)),
             "p99_ms": float(np.percentile(ms, 99))}
@@ -126,6 +132,8 @@ def parse_args(argv):
     defaults = Settings()
     parser.add_argument("--torch-threads", type=int, default=defaults.torch_threads)
     parser.add_argument("--faiss-threads", type=int, default=defaults.faiss_threads)
+    parser.add_argument("--search-threads", type=int, default=defaults.search_threads,
+                        help="shards of the flat index one batch scans at once (the service's MIND_SEARCH_THREADS)")
     parser.add_argument("--faiss-blas-threshold", type=int, default=defaults.faiss_blas_threshold)
     parser.add_argument("--workers", type=int, default=1, help="threads running batches at once (the service's "
                         "MIND_BATCH_WORKERS), each with the thread counts above")
@@ -138,12 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: python -m bench.pipeline {shlex.join(argv if argv is not None else sys.argv[1:])}")
     print(f"machine: {machine()}")
     settings = Settings(torch_threads=args.torch_threads, faiss_threads=args.faiss_threads,
-                        faiss_blas_threshold=args.faiss_blas_threshold)
+                        search_threads=args.search_threads, faiss_blas_threshold=args.faiss_blas_threshold)
     configure_compute(settings)
     bundle = load_bundle(bench_bundle(args.cache, args.items, args.dim, args.interests, args.history))
     histories = random_histories(bundle, 4096, args.history)
     print(f"catalogue {args.items} x d={args.dim}, K={args.interests}, history {args.history}, top_n {args.top_n}, "
           f"torch threads {args.torch_threads}, faiss threads {args.faiss_threads}, "
+          f"search threads {args.search_threads}, "
           f"blas threshold {args.faiss_blas_threshold}, {args.workers} worker thread(s)")
     print(f"{'batch':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for size in (int(s) for s in args.batch_sizes.split(",")):

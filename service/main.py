@@ -18,7 +18,7 @@ from service.settings import Settings
 FLAGS = {  # flag -> Settings field
     "bundle": Path, "bundle_root": Path, "host": str, "port": int, "workers": int, "device": str,
     "watch_interval_s": float, "max_batch_size": int, "batch_wait_ms": float, "torch_threads": int,
-    "faiss_threads": int, "batch_workers": int, "log_level": str,
+    "faiss_threads": int, "search_threads": int, "batch_workers": int, "log_level": str,
 }
 
 

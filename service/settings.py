@@ -18,11 +18,16 @@ def default_faiss_threads(cpu_count: int | None) -> int:
     return max(1, min(8, (cpu_count or 2) - 1))
 
 
-def auto_batch_workers(cpu_count: int | None, faiss_threads: int, device: str) -> int:
-    """Batch worker threads when ``batch_workers`` is 0: enough single-batch workers for their
-    FAISS threads to fill the cores (so two callers run on two cores at once); one on CUDA,
-    where the tower runs whole batches on the GPU."""
-    return 1 if device == "cuda" else max(1, (cpu_count or 1) // faiss_threads)
+def default_search_threads(cpu_count: int | None) -> int:
+    """Every core, 1 to 8: one batch's flat-index scan is split across them."""
+    return max(1, min(8, cpu_count or 1))
+
+
+def auto_batch_workers(cpu_count: int | None, threads_per_batch: int, device: str) -> int:
+    """Batch worker threads when ``batch_workers`` is 0: enough workers for their search threads
+    to fill the cores (one when a batch's search already spans them all, as it does by
+    default); one on CUDA, where the tower runs whole batches on the GPU."""
+    return 1 if device == "cuda" else max(1, (cpu_count or 1) // threads_per_batch)
 
 
 class Settings(BaseSettings):
@@ -57,10 +62,10 @@ class Settings(BaseSettings):
 
     # Batching and backpressure
     max_batch_size: int = Field(64, ge=1, description="most requests the batcher runs through tower + FAISS at once")
-    batch_wait_ms: float = Field(0.0, ge=0, description="extra window for company after a batch that had some (0: batches form "
-                                 "only from requests that queued while the worker was busy)")
+    batch_wait_ms: float = Field(1.0, ge=0, description="window for company of a batch whose first request waited for the worker or came with others (0: batches form "
+                                 "only from requests that queued while the worker was busy); never for a lone request at an idle worker")
     batch_workers: int = Field(0, ge=0, description="threads running batches at once, each with torch_threads / faiss_threads "
-                               "threads; 0 = auto: cores // faiss_threads on CPU (2 on a 2-core machine), 1 with a CUDA tower")
+                               "threads; 0 = auto: cores // search_threads on CPU (1 by default: a batch's search spans every core), 1 with a CUDA tower")
     batch_overlap_in_flight: int = Field(0, ge=0, description="a batch starts beside a running one only with at most this many "
                                          "requests per worker in flight (running or queued); 0 = at any load (quiet 2-core machine: 3.3x the plain server's best at p99 <= 50 ms, against 1.8x with 1; bench/README.md)")
     max_queue: int = Field(512, ge=1, description="queued requests before 503 + Retry-After")
@@ -73,6 +78,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="intra-op threads of the tower (small: it is cheap)")
     faiss_threads: int = Field(default_factory=lambda: default_faiss_threads(os.cpu_count()), ge=1,
                                description="OpenMP threads of the FAISS search; default leaves one core to the event loop")
+    search_threads: int = Field(default_factory=lambda: default_search_threads(os.cpu_count()), ge=1, le=64,
+                                description="a flat index is split by rows into this many shards, which one batch's "
+                                "search scans at once, one thread each (1 = not split); default: every core, up to 8")
     faiss_blas_threshold: int = Field(1, ge=1, description="FAISS flat search uses one BLAS matrix product from this many queries "
                                       "per call (FAISS's own default, 128000, never does at serving sizes: ~5x slower per query)")
     tower_chunk: int = Field(64, ge=1, description="most requests per tower call on CPU (CUDA: whole batches); calls are "

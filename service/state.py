@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from starlette.requests import Request
 
 from model.bundle import MANIFEST, Bundle, BundleError, latest_bundle, load_bundle
+from model.index import ShardedFlatIndex, index_kind
 from service.batcher import Batcher, DeadlineError, QueueFullError
 from service.metrics import ServiceMetrics
 from service.pipeline import RecallQuery, RetrievalOptions, bucket_shapes, configure_compute, recall_batch, run_tower
@@ -119,6 +121,24 @@ def batch_invariant_shapes(bundle: Bundle, shapes: tuple[int, ...]) -> tuple[int
     return shapes
 
 
+def search_pool(settings: Settings) -> ThreadPoolExecutor | None:
+    """The threads that scan shards 1.. of a split flat index (shard 0: the batch worker
+    itself), each with the serving thread counts; None when the search is not split."""
+    if settings.search_threads < 2:
+        return None
+    return ThreadPoolExecutor(settings.search_threads - 1, thread_name_prefix="recall-search",
+                              initializer=functools.partial(configure_compute, settings))
+
+
+def split_index(bundle: Bundle, n_shards: int, pool: ThreadPoolExecutor | None) -> Bundle:
+    """``bundle`` with its flat index split into ``n_shards`` row shards searched at once on
+    ``pool`` and the caller (same answers; IVF and HNSW indexes are kept as they are). The
+    shards replace the index: the item vectors are held once by it and once by the bundle."""
+    if pool is None or n_shards < 2 or index_kind(bundle.index) != "flat":
+        return bundle
+    return replace(bundle, index=ShardedFlatIndex(bundle.item_vectors, n_shards, pool))
+
+
 class ServiceState:
     """What the routes need: settings, metrics, the batcher, and the current bundle."""
 
@@ -136,7 +156,9 @@ class ServiceState:
         self.batcher: Batcher | None = None      # created by start(), on the running loop
         self._reload_lock = asyncio.Lock()
         self._configure_compute = functools.partial(configure_compute, settings)
-        self.batch_workers = settings.batch_workers or auto_batch_workers(os.cpu_count(), settings.faiss_threads,
+        self._search_pool = search_pool(settings)
+        self.batch_workers = settings.batch_workers or auto_batch_workers(os.cpu_count(),
+                                                                          max(settings.faiss_threads, settings.search_threads),
                                                                           self.device)
 
     def start(self) -> None:
@@ -155,7 +177,7 @@ class ServiceState:
 
     async def stop(self) -> None:
         """Answer everything queued, then stop the worker."""
-        await self.batcher.drain_and_stop()
+        await self.batcher.drain_and_stop()     # the search threads stay: a restart reuses the bundle
 
     def refusal(self) -> QueueFullError | None:
         """Why a recall request arriving now would be refused (counted), or None; the
@@ -204,6 +226,7 @@ class ServiceState:
         # an in-place write to the served item_vectors.npy changed live scores (a truncation
         # would SIGBUS the process). Found by tests/test_faults.py.
         bundle = replace(bundle, item_vectors=np.array(bundle.item_vectors))
+        bundle = split_index(bundle, self.settings.search_threads, self._search_pool)
         options = replace(self.options, tower_shapes=batch_invariant_shapes(bundle, self._tower_shapes))
         warm_up(bundle, options, self.settings.warmup_batches)
         return bundle, options

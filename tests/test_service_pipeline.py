@@ -81,12 +81,13 @@ def bundle_dir(tmp_path_factory):
     return build_bundle(tmp_path_factory.mktemp("bundle"), seed=0)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_same_request_same_ids_alone_and_among_mixed_batch_mates(bundle_dir, workers):
+@pytest.mark.parametrize("workers,search_threads", [(1, 1), (2, 1), (1, 3)])
+def test_same_request_same_ids_alone_and_among_mixed_batch_mates(bundle_dir, workers, search_threads):
     """Through ServiceState and the real batcher: the probe alone at an idle worker, then in
     crowds of different sizes and kinds (top_n, exclusions, explain, lengths) that queue while
     the workers are busy, so it runs in real batches of several sizes, on one worker thread or
-    on two running batches at once (each with its own torch / OpenMP thread settings)."""
+    on two running batches at once (each with its own torch / OpenMP thread settings), with
+    the flat index whole or split into three shards searched at once."""
     rng = np.random.default_rng(3)
     probe = RecallQuery(history=tuple(item_id(r) for r in rng.integers(0, N_ITEMS, 9)), top_n=40)
 
@@ -97,7 +98,7 @@ def test_same_request_same_ids_alone_and_among_mixed_batch_mates(bundle_dir, wor
 
     async def run():
         state = ServiceState(Settings(bundle=bundle_dir, device="cpu", warmup_batches=1, latency_objective_ms=0,
-                                      batch_workers=workers), ServiceMetrics())
+                                      batch_workers=workers, search_threads=search_threads), ServiceMetrics())
         run_batch = state.run_batch
 
         def recorded(jobs):
