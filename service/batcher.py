@@ -9,8 +9,9 @@ at once: two callers on a 2-core machine run in parallel instead of one waiting 
 The most recently used free worker is taken (a lone caller always lands on the same thread);
 a batch starts beside a running one only with few requests in flight, and while overlapping
 batches together get more core time than one alone (service/timing.py ``OverlapGate``).
-``wait_s`` > 0 adds a window for company after a batch that had company (off by default:
-measured, it only added latency; see bench/README.md, "Serving").
+``wait_s`` > 0 adds a window for company to a batch whose first request had to wait for
+its worker or came with others (never to a lone request that reaches an idle one): one batch instead of two halves
+taking turns (bench/README.md, "Serving, fourth pass").
 
 Admission: a new request is refused (503 + Retry-After) when the queue is full, or when the
 wait predicted from the measured service time, the running batches and its queue position
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +56,7 @@ class _Job:
     future: asyncio.Future
     queued: float = 0.0              # loop.time() it was queued
     predicted: float | None = None   # predicted seconds from queueing to answer (None: no measurements yet)
+    due: float = math.inf            # loop.time() by which the latency objective wants it answered
 
 
 @dataclass
@@ -99,7 +102,6 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._running: dict[int, _Running] = {}          # batch id -> its start, size, overlap
         self._in_flight: set[asyncio.Task] = set()
-        self._last_size = 0              # requests in the previous batch
         # (run time, requests) of the last batches, and the line fitted through them: a batch of
         # n takes overhead + n * per_request seconds. It predicts waits (admission), and a job
         # whose deadline falls before its batch would finish is refused rather than computed:
@@ -109,6 +111,7 @@ class Batcher:
         self._overhead_s, self._per_request_s = 0.0, 0.0
         self._errors: deque[float] = deque(maxlen=ERROR_WINDOW)   # actual - predicted, answered requests
         self._margin_s = 0.0
+        self._batch_errors: deque[float] = deque(maxlen=RATE_WINDOW)   # actual - predicted batch times
 
     @property
     def depth(self) -> int:
@@ -180,7 +183,8 @@ class Batcher:
             raise refused
         loop = asyncio.get_running_loop()
         predicted = self.predicted_wait_s(self._queue.qsize()) if self._recent else None
-        job = _Job(payload, loop.time() + timeout_s, loop.create_future(), loop.time(), predicted)
+        job = _Job(payload, loop.time() + timeout_s, loop.create_future(), loop.time(), predicted,
+                   loop.time() - waited_s + self._objective_s if self._objective_s > 0 else math.inf)
         self._arrivals.append(job.queued)
         self._queue.put_nowait(job)
         try:
@@ -194,6 +198,8 @@ class Batcher:
         return self._overhead_s + size * self._per_request_s
 
     def _remember(self, took_s: float, size: int) -> None:
+        if self._recent:
+            self._batch_errors.append(took_s - self.batch_s(size))
         self._recent.append((took_s, size))
         self._overhead_s, self._per_request_s = fit_batch_time(list(self._recent))
 
@@ -204,26 +210,45 @@ class Batcher:
 
     async def _next_batch(self) -> list[_Job]:
         # One sleep rather than wait_for(queue.get()): a get cancelled by a timeout can lose
-        # its item on Python < 3.12. A window is only worth it under concurrency: while the
-        # previous batch held a single request, waiting would only add latency. Requests that
+        # its item on Python < 3.12. A window is only worth it under load: only when requests
+        # already waited for this worker, or came several at once (a request reaching an idle
+        # worker alone runs at once). With
+        # callers that send again on an answer it merges the waiting requests with the ones
+        # just answered, instead of two half batches taking turns. Requests that
         # queued together are shared among the free workers (this one included), so two
         # callers arriving at once at two idle workers run in parallel, not in one batch.
+        queued = not self._queue.empty()   # the first request waited for this worker: there is load
         batch = [await self._queue.get()]
+        queued = queued or not self._queue.empty()        # or it did not come alone
         free = max(1, self._usable_workers() - len(self._running))
         self._take_waiting(batch, -(-(1 + self._queue.qsize()) // free))
-        if len(batch) < self._max_batch_size and self._wait_s > 0 and self._last_size > 1:
+        if len(batch) < self._max_batch_size and self._wait_s > 0 and queued:
             await asyncio.sleep(self._wait_s)
             self._take_waiting(batch, self._max_batch_size)
-        self._last_size = len(batch)
         return batch
 
     def _live(self, batch: list[_Job], now: float) -> list[_Job]:
-        """The jobs of ``batch`` still worth computing; the others are refused."""
+        """The jobs of ``batch`` still worth computing; the others are refused: past their
+        deadline, or (CoDel-like, on the time actually queued) predicted to be answered after
+        the latency objective (unless even a lone request's batch takes longer than the
+        objective: refusing cannot help then). Admission predicts a wait at arrival; this check
+        at dispatch bounds an accepted request's time by one batch's prediction error, not the
+        whole queue's."""
         finish = now + self.batch_s(len(batch))
-        live = [job for job in batch if job.deadline > finish and not job.future.done()]
+        margin = error_margin(list(self._batch_errors), self._objective_s)     # the batch times' own error
+        # the objective check only where the service can meet it: a lone request's batch within it
+        late = finish + margin if self.batch_s(1) + margin <= self._objective_s else -math.inf
+        live = []
         for job in batch:
-            if job not in live:
+            if job.future.done():
+                continue
+            if job.deadline <= finish:
                 _fail(job, DeadlineError("deadline passed (or would, within a batch) while queued"))
+            elif job.due < late:
+                _fail(job, QueueFullError(f"queued {(now - job.queued) * 1000:.0f} ms; it would be answered after the "
+                                          f"latency objective {self._objective_s * 1000:.0f} ms", reason="latency_objective"))
+            else:
+                live.append(job)
         return live
 
     async def _collect(self) -> None:

@@ -202,3 +202,38 @@ def test_without_the_in_flight_limit_queued_requests_are_shared_by_the_workers()
         return done
     assert run(main()) == [0, 1, 2, 3, 4]
     assert sorted(map(len, batches)) == [2, 3]
+
+
+def test_a_window_for_company_only_when_requests_waited_for_the_worker():
+    """MIND_BATCH_WAIT_MS: a request reaching the idle worker runs at once, alone, without the
+    window; a batch whose first request waited for the busy worker waits the window and takes
+    the requests arriving in it (callers answered a moment ago), instead of two half batches
+    taking turns."""
+    batches, gate = [], threading.Event()
+
+    def work(payloads):
+        batches.append(list(payloads))
+        if payloads[0] in ("A", "D"):
+            gate.wait(5)                           # hold the worker while the others queue
+        return payloads
+
+    async def main():
+        batcher = Batcher(work, max_batch_size=8, wait_s=0.3, max_queue=10)
+        batcher.start()
+        a = asyncio.ensure_future(batcher.submit("A", 5))
+        await asyncio.sleep(0.05)                  # A: at the idle worker, at once
+        b = asyncio.ensure_future(batcher.submit("B", 5))
+        await asyncio.sleep(0.05)                  # B: queued behind A
+        gate.set()
+        await asyncio.sleep(0.05)                  # B's batch is in its window: C joins it
+        await asyncio.gather(a, b, batcher.submit("C", 5))
+        gate.clear()
+        d = asyncio.ensure_future(batcher.submit("D", 5))
+        await asyncio.sleep(0.05)                  # D: idle worker again, no window although
+        e = asyncio.ensure_future(batcher.submit("E", 5))   # E comes 50 ms later
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(d, e)
+        await batcher.drain_and_stop()
+    run(main())
+    assert batches == [["A"], ["B", "C"], ["D"], ["E"]]

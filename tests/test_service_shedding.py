@@ -3,6 +3,8 @@ before its body is read or validated, so overload costs the service as little CP
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 from service.app import _shedder
@@ -189,3 +191,34 @@ def test_replayed_wait_follows_the_workers_the_batch_limit_and_arrivals():
     assert replay_wait([0.0], 5, 4, ten_ms_a_request, 0.0) == pytest.approx(0.04 + 0.02)      # second batch of 4 max
     # arrivals at 100/s during the 50 ms before its batch starts join it: 4 + 5 requests
     assert replay_wait([0.05], 3, 64, ten_ms_a_request, 100.0) == pytest.approx(0.05 + 0.09)
+
+
+def test_a_request_that_queued_past_the_objective_is_refused_at_dispatch_not_computed():
+    """Admitted on a prediction (batches of ~10 ms), the request then queues behind a batch
+    that runs 0.4 s: when its batch forms it could only be answered after the 100 ms objective,
+    so it gets 503 (reason latency_objective) without being computed."""
+    seen, hold = [], threading.Event()
+
+    def work(payloads):
+        seen.extend(payloads)
+        if "hold" in payloads:
+            hold.wait(0.4)
+        else:
+            time.sleep(0.01)
+        return payloads
+
+    async def main():
+        batcher = Batcher(work, max_batch_size=8, wait_s=0, max_queue=100, objective_s=0.1)
+        batcher.start()
+        for _ in range(20):
+            await batcher.submit("teach", 5)                  # batches take ~10 ms
+        running = asyncio.ensure_future(batcher.submit("hold", 5))
+        await asyncio.sleep(0.005)
+        assert batcher.refusal() is None                     # predicted well within the objective
+        with pytest.raises(QueueFullError, match="after the latency objective 100 ms") as refused:
+            await batcher.submit("late", 5)
+        assert refused.value.reason == "latency_objective"
+        assert await running == "hold"
+        await batcher.drain_and_stop()
+    asyncio.run(main())
+    assert "late" not in seen
