@@ -210,19 +210,18 @@ class Batcher:
 
     async def _next_batch(self) -> list[_Job]:
         # One sleep rather than wait_for(queue.get()): a get cancelled by a timeout can lose
-        # its item on Python < 3.12. A window is only worth it under load: only when requests
-        # already waited for this worker, or came several at once (a request reaching an idle
-        # worker alone runs at once). With
-        # callers that send again on an answer it merges the waiting requests with the ones
-        # just answered, instead of two half batches taking turns. Requests that
-        # queued together are shared among the free workers (this one included), so two
-        # callers arriving at once at two idle workers run in parallel, not in one batch.
-        queued = not self._queue.empty()   # the first request waited for this worker: there is load
+        # its item on Python < 3.12. Requests that queued together are shared among the free
+        # workers (this one included), so two callers arriving at once at two idle workers run
+        # in parallel, not in one batch. A window for company is only worth it under load and
+        # with no other worker free: when requests waited for this worker or came several at
+        # once (a lone request at an idle worker runs at once). Callers that send again on an
+        # answer then join the waiting ones, instead of two half batches taking turns.
+        queued = not self._queue.empty()                  # the first request waited for this worker
         batch = [await self._queue.get()]
         queued = queued or not self._queue.empty()        # or it did not come alone
         free = max(1, self._usable_workers() - len(self._running))
         self._take_waiting(batch, -(-(1 + self._queue.qsize()) // free))
-        if len(batch) < self._max_batch_size and self._wait_s > 0 and queued:
+        if len(batch) < self._max_batch_size and self._wait_s > 0 and queued and free == 1:
             await asyncio.sleep(self._wait_s)
             self._take_waiting(batch, self._max_batch_size)
         return batch
