@@ -18,6 +18,11 @@ def default_faiss_threads(cpu_count: int | None) -> int:
     return max(1, min(8, (cpu_count or 2) - 1))
 
 
+def usable_cores() -> int | None:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset), else all."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def default_search_threads(cpu_count: int | None) -> int:
     """Every core, 1 to 8: one batch's flat-index scan is split across them."""
     return max(1, min(8, cpu_count or 1))
@@ -76,9 +81,9 @@ class Settings(BaseSettings):
 
     # Compute
     torch_threads: int = Field(1, ge=1, description="intra-op threads of the tower (small: it is cheap)")
-    faiss_threads: int = Field(default_factory=lambda: default_faiss_threads(os.cpu_count()), ge=1,
+    faiss_threads: int = Field(default_factory=lambda: default_faiss_threads(usable_cores()), ge=1,
                                description="OpenMP threads of the FAISS search; default leaves one core to the event loop")
-    search_threads: int = Field(default_factory=lambda: default_search_threads(os.cpu_count()), ge=1, le=64,
+    search_threads: int = Field(default_factory=lambda: default_search_threads(usable_cores()), ge=1, le=64,
                                 description="a flat index is split by rows into this many shards, which one batch's "
                                 "search scans at once, one thread each (1 = not split); default: every core, up to 8")
     faiss_blas_threshold: int = Field(1, ge=1, description="FAISS flat search uses one BLAS matrix product from this many queries "
