@@ -26,7 +26,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     for name, kind in FLAGS.items():
         field = Settings.model_fields[name]
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
-                            help=f"{field.description or name} (env MIND_{name.upper()}, default {field.default})")
+                            help=f"{field.description or name} (env MIND_{name.upper()}, "
+                                 f"default {field.get_default(call_default_factory=True)})")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     # Compute
     torch_threads: int = Field(1, ge=1, description="intra-op threads of the tower (small: it is cheap)")
     faiss_threads: int = Field(default_factory=lambda: default_faiss_threads(usable_cores()), ge=1,
-                               description="OpenMP threads of the FAISS search; default leaves one core to the event loop")
+                               description="OpenMP threads of each FAISS call (an IVF or HNSW search; a split flat index "
+                                "searches each shard single-threaded); default leaves one core to the event loop")
     search_threads: int = Field(default_factory=lambda: default_search_threads(usable_cores()), ge=1, le=64,
                                 description="a flat index is split by rows into this many shards, which one batch's "
                                 "search scans at once, one thread each (1 = not split); default: every core, up to 8")
