@@ -10,8 +10,8 @@ The most recently used free worker is taken (a lone caller always lands on the s
 a batch starts beside a running one only with few requests in flight, and while overlapping
 batches together get more core time than one alone (service/timing.py ``OverlapGate``).
 ``wait_s`` > 0 adds a window for company to a batch whose first request had to wait for
-its worker or came with others (never to a lone request that reaches an idle one): one batch instead of two halves
-taking turns (bench/README.md, "Serving, fourth pass").
+its worker or came with others (never to a lone request that reaches an idle one): one batch
+instead of two halves taking turns (bench/README.md, "Serving, fourth pass").
 
 Admission: a new request is refused (503 + Retry-After) when the queue is full, or when the
 wait predicted from the measured service time, the running batches and its queue position

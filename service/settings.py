@@ -67,10 +67,12 @@ class Settings(BaseSettings):
 
     # Batching and backpressure
     max_batch_size: int = Field(64, ge=1, description="most requests the batcher runs through tower + FAISS at once")
-    batch_wait_ms: float = Field(1.0, ge=0, description="window for company of a batch whose first request waited for the worker or came with others (0: batches form "
-                                 "only from requests that queued while the worker was busy); never for a lone request at an idle worker")
+    batch_wait_ms: float = Field(1.0, ge=0, description="window for company of a batch whose first request waited for the "
+                                 "worker or came with others, never for a lone request at an idle worker (0: batches form "
+                                 "only from requests that queued while the worker was busy)")
     batch_workers: int = Field(0, ge=0, description="threads running batches at once, each with torch_threads / faiss_threads "
-                               "threads; 0 = auto: cores // search_threads on CPU (1 by default: a batch's search spans every core), 1 with a CUDA tower")
+                               "threads; 0 = auto: usable cores // the larger of search_threads and faiss_threads on CPU (1 by "
+                               "default: a batch's search spans every core), 1 with a CUDA tower")
     batch_overlap_in_flight: int = Field(0, ge=0, description="a batch starts beside a running one only with at most this many "
                                          "requests per worker in flight (running or queued); 0 = at any load (quiet 2-core machine: 3.3x the plain server's best at p99 <= 50 ms, against 1.8x with 1; bench/README.md)")
     max_queue: int = Field(512, ge=1, description="queued requests before 503 + Retry-After")
@@ -86,7 +88,7 @@ class Settings(BaseSettings):
                                 "searches each shard single-threaded); default leaves one core to the event loop")
     search_threads: int = Field(default_factory=lambda: default_search_threads(usable_cores()), ge=1, le=64,
                                 description="a flat index is split by rows into this many shards, which one batch's "
-                                "search scans at once, one thread each (1 = not split); default: every core, up to 8")
+                                "search scans at once, one thread each (1 = not split); default: every usable core, up to 8")
     faiss_blas_threshold: int = Field(1, ge=1, description="FAISS flat search uses one BLAS matrix product from this many queries "
                                       "per call (FAISS's own default, 128000, never does at serving sizes: ~5x slower per query)")
     tower_chunk: int = Field(64, ge=1, description="most requests per tower call on CPU (CUDA: whole batches); calls are "
