@@ -107,9 +107,9 @@ def measure(bundle: Bundle, batch_size: int, histories: list[list[str]], top_n: 
     service's batch workers, each configured with ``settings``' thread counts); requests/s
     and per-batch latency (ms)."""
     options = RetrievalOptions.from_settings(settings or Settings())
-    pool = search_pool(settings) if settings is not None else None
-    if pool is not None:           # the flat index split as the service splits it
-        bundle = split_index(bundle, settings.search_threads, pool)
+    searchers = search_pool(settings) if settings is not None else None
+    if searchers is not None:      # the flat index split as the service splits it
+        bundle = split_index(bundle, settings.search_threads, searchers)
     queries = [RecallQuery(history=tuple(h), top_n=top_n) for h in histories]
     latencies: list[float] = []
     start = time.perf_counter()
@@ -117,8 +117,8 @@ def measure(bundle: Bundle, batch_size: int, histories: list[list[str]], top_n: 
         served = sum(pool.map(lambda w: _run_batches(bundle, queries, batch_size, start + seconds, w * 997, options,
                                                      settings, latencies), range(workers)))
     elapsed = time.perf_counter() - start
-    if pool is not None:
-        pool.shutdown()
+    if searchers is not None:
+        searchers.shutdown()
     ms = np.asarray(latencies) * 1000
     return {"batch": batch_size, "rps": served / elapsed, "p50_ms": float(np.percentile(ms, 50)),
             "p99_ms": float(np.percentile(ms, 99))}
