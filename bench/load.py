@@ -187,11 +187,10 @@ def _pipeline_baseline(bundle_path: Path, args) -> float:
     printed beside it, one batch at a time: under load the server runs one batch at a time)."""
     from model.bundle import load_bundle
     from service.pipeline import configure_compute
-    from service.settings import Settings, auto_batch_workers, usable_cores
+    from service.settings import Settings, batch_workers_of
     settings = Settings(**{k.removeprefix("MIND_").lower(): v for k, v in (e.split("=", 1) for e in args.env)})
     configure_compute(settings)
-    workers = settings.batch_workers or auto_batch_workers(usable_cores(), max(settings.faiss_threads, settings.search_threads),
-                                                             "cpu")
+    workers = batch_workers_of(settings, "cpu")
     bundle = load_bundle(bundle_path)
     histories = random_histories(bundle, 4096, args.history)
     best = {n: max(measure(bundle, size, histories, args.top_n, args.pipeline_seconds, n, settings)["rps"]

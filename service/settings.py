@@ -35,6 +35,13 @@ def auto_batch_workers(cpu_count: int | None, threads_per_batch: int, device: st
     return 1 if device == "cuda" else max(1, (cpu_count or 1) // threads_per_batch)
 
 
+def batch_workers_of(settings: "Settings", device: str) -> int:
+    """The batch workers ``settings`` ask for: ``batch_workers``, or (0) auto over the usable
+    cores and the threads one batch's search uses."""
+    return settings.batch_workers or auto_batch_workers(usable_cores(), max(settings.faiss_threads,
+                                                                            settings.search_threads), device)
+
+
 class Settings(BaseSettings):
     """Service configuration; immutable once the app is built."""
 

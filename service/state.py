@@ -13,7 +13,6 @@ import asyncio
 import functools
 import gc
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -29,7 +28,7 @@ from model.index import ShardedFlatIndex, index_kind
 from service.batcher import Batcher, DeadlineError, QueueFullError
 from service.metrics import ServiceMetrics
 from service.pipeline import RecallQuery, RetrievalOptions, bucket_shapes, configure_compute, recall_batch, run_tower
-from service.settings import Settings, auto_batch_workers, usable_cores
+from service.settings import Settings, batch_workers_of
 
 log = logging.getLogger("service.state")
 WARMUP_BATCH_SIZE = 8
@@ -157,9 +156,7 @@ class ServiceState:
         self._reload_lock = asyncio.Lock()
         self._configure_compute = functools.partial(configure_compute, settings)
         self._search_pool = search_pool(settings)
-        self.batch_workers = settings.batch_workers or auto_batch_workers(usable_cores(),
-                                                                          max(settings.faiss_threads, settings.search_threads),
-                                                                          self.device)
+        self.batch_workers = batch_workers_of(settings, self.device)
 
     def start(self) -> None:
         """Start the batcher and its worker threads (on the running event loop)."""
