@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import model  # noqa: F401  (before any test loads faiss: names OpenBLAS's kernel, model/__init__.py)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MIND_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 

@@ -112,3 +112,28 @@ def test_top_k_of_lists_breaks_ties_by_the_smaller_row_and_puts_empty_slots_last
     top_scores, top_rows = top_k_of_lists(scores, rows, 6)
     assert top_rows.tolist() == [[3, 4, 2, 8, -1, -1]]
     assert top_scores[0, :4].tolist() == pytest.approx([0.9, 0.9, 0.5, 0.5]) and np.isneginf(top_scores[0, 4:]).all()
+
+
+def test_openblas_kernel_follows_the_cpu_flags():
+    """FAISS's OpenBLAS falls back to generic SSE3 kernels (~4x slower products) on CPUs it
+    cannot name, as virtual machines' often are; the flags name the kernel family instead."""
+    from model import openblas_core_type
+    avx512 = {"avx2", "fma", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+    assert openblas_core_type(avx512) == "SkylakeX"
+    assert openblas_core_type({"avx2", "fma", "avx512f"}) == "Haswell"
+    assert openblas_core_type({"sse4_2", "avx"}) is None
+
+
+def test_the_package_names_the_kernel_unless_the_operator_did():
+    import os
+    import subprocess
+    import sys
+
+    from model import _cpu_flags, openblas_core_type
+    probe = [sys.executable, "-c", "import os, model; print(os.environ.get('OPENBLAS_CORETYPE'))"]
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    named = subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert named == str(openblas_core_type(_cpu_flags()))
+    kept = subprocess.run(probe, env={**env, "OPENBLAS_CORETYPE": "Prescott"}, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert kept == "Prescott"
