@@ -100,9 +100,11 @@ def warm_up(bundle: Bundle, options: RetrievalOptions, n_batches: int) -> None:
 
 
 def batch_invariant_shapes(bundle: Bundle, shapes: tuple[int, ...]) -> tuple[int, ...]:
-    """``shapes`` when the tower gives every row bit-identical outputs at each of them (a
-    random batch of the largest shape against its prefixes), else only the largest shape,
-    padded to: a user's answer must never depend on its batch-mates."""
+    """The largest tail of ``shapes`` (ascending) at every one of which the tower gives each
+    row bit-identical outputs (a random batch of the largest shape against its prefixes):
+    a user's answer must never depend on its batch-mates. Smaller batches are padded to the
+    tail's first shape. MKL's one- and two-row GEMMs, for one, sum in another order than its
+    wider ones: there a lone request runs a 4-row call rather than, as before, a 64-row one."""
     rng = np.random.default_rng(0)
     n = shapes[-1]
     history = rng.integers(1, len(bundle.item_ids) + 1, size=(n, bundle.max_len))
@@ -111,12 +113,13 @@ def batch_invariant_shapes(bundle: Bundle, shapes: tuple[int, ...]) -> tuple[int
     for p, feature in enumerate(bundle.profile_features):
         profile[:, p] = rng.integers(0, len(bundle.profile_vocab[feature]) or 1, n)
     full = run_tower(bundle, history, profile, (n,))
-    for size in shapes[:-1]:
+    for i in range(len(shapes) - 2, -1, -1):
+        size = shapes[i]
         part = run_tower(bundle, history[:size], profile[:size], (size,))
         if not all(np.array_equal(got, want[:size]) for got, want in zip(part, full)):
-            log.warning("tower rows change with the call shape: fixed %d-row calls", n,
+            log.warning("tower rows change with the call shape: calls of %s rows only", shapes[i + 1:],
                         extra={"bundle": str(bundle.path), "shape": size})
-            return (n,)
+            return shapes[i + 1:]
     return shapes
 
 
