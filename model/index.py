@@ -12,7 +12,9 @@ the target; the parameters go into the manifest and are re-applied on load (``ap
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from concurrent.futures import Executor
 
 import faiss
@@ -59,8 +61,12 @@ class ShardedFlatIndex:
     settings the caller controls (FAISS's own ``IndexShards`` starts fresh threads per call).
 
     ``beside`` runs shards 1.. (an executor whose threads search single-threaded); shard 0 runs
-    in the calling thread. It has what model/retrieval.py uses of a FAISS index: ``search``,
-    ``ntotal`` and ``d``.
+    in the calling thread. A search made while another batch is in progress (``in_batch``: its
+    tower, search or merge) scans every shard in the calling thread: the cores are busy then,
+    and a helper thread would only compete with that batch (two batch workers on two cores
+    serve ~1.4x what one worker with split searches does; bench/README.md, "Serving, fifth
+    pass"). Either way the answer is the same. It has what model/retrieval.py uses of a FAISS
+    index: ``search``, ``ntotal`` and ``d``.
     """
 
     def __init__(self, item_vectors: np.ndarray, n_shards: int, beside: Executor) -> None:
@@ -68,6 +74,8 @@ class ShardedFlatIndex:
         self.shards = [(int(lo), flat_index(item_vectors[lo:hi])) for lo, hi in zip(bounds[:-1], bounds[1:])]
         self.ntotal, self.d = len(item_vectors), item_vectors.shape[1]
         self._beside = beside
+        self._lock = threading.Lock()
+        self._batches = 0                  # batches in progress (in_batch), in any thread
 
     def _search_shard(self, shard: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         offset, index = self.shards[shard]
@@ -76,10 +84,30 @@ class ShardedFlatIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """queries (Q, d) float32 -> scores (Q, k) float32, rows (Q, k) int64, best first (-1 = none)."""
-        others = [self._beside.submit(self._search_shard, s, queries, k) for s in range(1, len(self.shards))]
-        parts = [self._search_shard(0, queries, k)] + [future.result() for future in others]
+        alone = self._batches <= 1
+        others = [self._beside.submit(self._search_shard, s, queries, k) if alone else None
+                  for s in range(1, len(self.shards))]
+        parts = [self._search_shard(0, queries, k)]
+        parts += [self._search_shard(s, queries, k) if future is None else future.result()
+                  for s, future in enumerate(others, start=1)]
         return top_k_of_lists(np.concatenate([p[0] for p in parts], axis=1),
                               np.concatenate([p[1] for p in parts], axis=1), k)
+
+
+@contextlib.contextmanager
+def in_batch(index):
+    """Marks one serving batch in progress on ``index`` for its duration (a ShardedFlatIndex
+    splits its searches only while a single batch is; any other index: nothing to mark)."""
+    if not isinstance(index, ShardedFlatIndex):
+        yield
+        return
+    with index._lock:
+        index._batches += 1
+    try:
+        yield
+    finally:
+        with index._lock:
+            index._batches -= 1
 
 
 def top_k_of_lists(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ import torch
 
 from model import retrieval
 from model.bundle import Bundle
+from model.index import in_batch
 from service.settings import Settings
 
 PADDING = 0  # tower item index of an empty history slot
@@ -197,7 +198,15 @@ def _ranked_answer(bundle: Bundle, rows: np.ndarray, scores: np.ndarray, interes
 
 def recall_batch(bundle: Bundle, queries: list[RecallQuery],
                  options: RetrievalOptions) -> tuple[list[dict], StageTimes]:
-    """Answer a batch; returns one response body (without took_ms) per query, and timings."""
+    """Answer a batch; returns one response body (without took_ms) per query, and timings.
+    The batch counts as in progress on the index throughout (a split flat index scans on
+    helper threads only while no other batch is in progress)."""
+    with in_batch(bundle.index):
+        return _answer_batch(bundle, queries, options)
+
+
+def _answer_batch(bundle: Bundle, queries: list[RecallQuery],
+                  options: RetrievalOptions) -> tuple[list[dict], StageTimes]:
     times = StageTimes()
     start = time.perf_counter()
     batch = encode_queries(bundle, queries)

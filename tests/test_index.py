@@ -7,7 +7,7 @@ import pytest
 
 from concurrent.futures import ThreadPoolExecutor
 
-from model.index import (FLAT_MAX_ITEMS, IndexTuningError, ShardedFlatIndex, apply_params, build_index,
+from model.index import (FLAT_MAX_ITEMS, IndexTuningError, ShardedFlatIndex, apply_params, build_index, in_batch,
                          choose_kind, exact_top_k, flat_index, perturbed_queries, recall_at_k, top_k_of_lists,
                          tune_index)
 
@@ -96,6 +96,35 @@ def test_a_flat_index_split_into_shards_finds_what_the_whole_one_finds(n_shards)
     assert len(sharded.shards) == n_shards and (sharded.ntotal, sharded.d) == (1001, 16)
     np.testing.assert_array_equal(rows, whole_rows)
     np.testing.assert_allclose(scores, whole_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_a_search_beside_another_batch_scans_every_shard_itself_with_the_same_answer():
+    """Two batch workers on two cores: while another batch is in progress a search does not
+    hand shards to the helper thread (both cores are busy), it scans them itself, and finds
+    the same rows; alone, it splits."""
+    rng = np.random.default_rng(5)
+    items = rng.standard_normal((3000, 16)).astype(np.float32)
+    queries = rng.standard_normal((8, 16)).astype(np.float32)
+    whole_scores, whole_rows = flat_index(items).search(queries, 50)
+    helped = []
+
+    class Helper(ThreadPoolExecutor):
+        def submit(self, fn, *args):
+            helped.append(args[0])
+            return super().submit(fn, *args)
+
+    with Helper(1) as pool:
+        sharded = ShardedFlatIndex(items, 3, pool)
+        with in_batch(sharded):
+            alone = sharded.search(queries, 50)
+            assert helped == [1, 2]
+            with in_batch(sharded):                        # another worker's batch
+                beside = sharded.search(queries, 50)
+            assert helped == [1, 2]
+    for scores, rows in (alone, beside):
+        np.testing.assert_array_equal(rows, whole_rows)
+        np.testing.assert_allclose(scores, whole_scores, rtol=1e-5, atol=1e-5)
+    assert sharded._batches == 0
 
 
 def test_shards_smaller_than_k_pad_with_empty_rows():
