@@ -77,6 +77,16 @@ class ShardedFlatIndex:
         self._lock = threading.Lock()
         self._batches = 0                  # batches in progress (in_batch), in any thread
 
+    @contextlib.contextmanager
+    def in_batch(self):
+        with self._lock:
+            self._batches += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._batches -= 1
+
     def _search_shard(self, shard: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         offset, index = self.shards[shard]
         scores, rows = index.search(queries, min(k, index.ntotal))          # (Q, <= k)
@@ -94,20 +104,11 @@ class ShardedFlatIndex:
                               np.concatenate([p[1] for p in parts], axis=1), k)
 
 
-@contextlib.contextmanager
 def in_batch(index):
-    """Marks one serving batch in progress on ``index`` for its duration (a ShardedFlatIndex
-    splits its searches only while a single batch is; any other index: nothing to mark)."""
-    if not isinstance(index, ShardedFlatIndex):
-        yield
-        return
-    with index._lock:
-        index._batches += 1
-    try:
-        yield
-    finally:
-        with index._lock:
-            index._batches -= 1
+    """A context marking one serving batch in progress on ``index`` for its duration (a
+    ShardedFlatIndex splits its searches only while a single batch is; any other index:
+    nothing to mark)."""
+    return index.in_batch() if isinstance(index, ShardedFlatIndex) else contextlib.nullcontext()
 
 
 def top_k_of_lists(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
