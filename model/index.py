@@ -63,9 +63,9 @@ class ShardedFlatIndex:
     ``beside`` runs shards 1.. (an executor whose threads search single-threaded); shard 0 runs
     in the calling thread. A search made while another batch is in progress (``in_batch``: its
     tower, search or merge) scans every shard in the calling thread: the cores are busy then,
-    and a helper thread would only compete with that batch (two batch workers on two cores
-    serve ~1.4x what one worker with split searches does; bench/README.md, "Serving, fifth
-    pass"). Either way the answer is the same. It has what model/retrieval.py uses of a FAISS
+    and a helper thread would only compete with that batch (in process, two batch workers on
+    two cores then served ~1.4x what one worker with split searches does; bench/README.md,
+    "Serving, fifth pass"). Either way the answer is the same. It has what model/retrieval.py uses of a FAISS
     index: ``search``, ``ntotal`` and ``d``.
     """
 
@@ -94,12 +94,11 @@ class ShardedFlatIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """queries (Q, d) float32 -> scores (Q, k) float32, rows (Q, k) int64, best first (-1 = none)."""
-        alone = self._batches <= 1
-        others = [self._beside.submit(self._search_shard, s, queries, k) if alone else None
-                  for s in range(1, len(self.shards))]
-        parts = [self._search_shard(0, queries, k)]
-        parts += [self._search_shard(s, queries, k) if future is None else future.result()
-                  for s, future in enumerate(others, start=1)]
+        if self._batches > 1:              # another batch keeps the cores busy: every shard here
+            parts = [self._search_shard(s, queries, k) for s in range(len(self.shards))]
+        else:
+            others = [self._beside.submit(self._search_shard, s, queries, k) for s in range(1, len(self.shards))]
+            parts = [self._search_shard(0, queries, k)] + [future.result() for future in others]
         return top_k_of_lists(np.concatenate([p[0] for p in parts], axis=1),
                               np.concatenate([p[1] for p in parts], axis=1), k)
 

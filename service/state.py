@@ -113,7 +113,7 @@ def batch_invariant_shapes(bundle: Bundle, shapes: tuple[int, ...]) -> tuple[int
     for p, feature in enumerate(bundle.profile_features):
         profile[:, p] = rng.integers(0, len(bundle.profile_vocab[feature]) or 1, n)
     full = run_tower(bundle, history, profile, (n,))
-    for i in range(len(shapes) - 2, -1, -1):
+    for i in reversed(range(len(shapes) - 1)):        # from the widest down
         size = shapes[i]
         part = run_tower(bundle, history[:size], profile[:size], (size,))
         if not all(np.array_equal(got, want[:size]) for got, want in zip(part, full)):
