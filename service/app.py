@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.bundle import BundleError
 from service.metrics import ServiceMetrics
-from service.observability import RequestContextMiddleware
+from service.observability import EarlyShed, RequestContextMiddleware, RequestRecorder
 from service.operations import add_operational_routes
 from service.recall_route import RecallRoute, answer_recall
 from service.schemas import ErrorResponse, LimitError, RecallRequest, RecallResponse, document_limits, to_query
@@ -104,15 +104,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app)
     _add_recall_routes(app)
     add_operational_routes(app)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       log_requests=settings.log_requests, endpoints=ENDPOINTS,
-                       shed=_shedder(app.state.service), retry_after_s=settings.retry_after_s)
+    recorder = RequestRecorder(metrics, ENDPOINTS, settings.log_requests)
+    app.add_middleware(RequestContextMiddleware, recorder=recorder, max_body_bytes=settings.max_body_bytes)
+    # mind serve's HTTP protocol refuses what the batcher would refuse before the body is read
+    app.state.early_shed = EarlyShed(_shedder(app.state.service), recorder, RECALL_PATHS, settings.retry_after_s)
     return app
 
 
 def _shedder(state: ServiceState):
-    """shed(path) for the middleware: why a recall request must be refused before its body
-    is read (queue full, or predicted wait over the latency objective), else None."""
+    """shed(path): why a recall request must be refused before its body is read (queue full,
+    or predicted wait over the latency objective), else None."""
     def shed(path: str) -> str | None:
         refused = state.refusal() if path in RECALL_PATHS else None
         return None if refused is None else f"overloaded: {refused}"

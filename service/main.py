@@ -6,6 +6,7 @@ in-flight requests finish, the lifespan drains the batcher, and the process exit
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import logging
 import signal
@@ -36,10 +37,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def _fast_http_stack() -> dict:
-    """uvloop + httptools when installed: roughly twice the requests/s of the pure-Python stack."""
-    have = {name: importlib.util.find_spec(name) is not None for name in ("uvloop", "httptools")}
-    return {"loop": "uvloop" if have["uvloop"] else "asyncio", "http": "httptools" if have["httptools"] else "h11"}
+def _fast_http_stack(app) -> dict:
+    """uvloop when installed, and httptools (a dependency) with the early refusal of requests
+    an overloaded service would refuse anyway (service/observability.py)."""
+    from service.observability import SheddingHttpToolsProtocol
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    return {"loop": loop, "http": functools.partial(SheddingHttpToolsProtocol, early_shed=app.state.early_shed)}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -58,8 +62,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"mind serve: invalid settings:\n{err}")
         return 2
     configure_logging(settings.log_level)
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, access_log=False,
-                            log_config=None, lifespan="on", timeout_graceful_shutdown=30, **_fast_http_stack())
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False,
+                            log_config=None, lifespan="on", timeout_graceful_shutdown=30, **_fast_http_stack(app))
     server = uvicorn.Server(config)
     # uvicorn re-raises the captured signal after its graceful shutdown; a Python-level
     # handler turns that into a normal return, so a drained SIGTERM exits 0.

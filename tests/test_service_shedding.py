@@ -1,5 +1,6 @@
 """Early shedding: when the queue is full a recall request is refused with 503 + Retry-After
-before its body is read or validated, so overload costs the service as little CPU as possible."""
+by mind serve's HTTP protocol as soon as its headers are parsed, before its body is read or
+validated, so overload costs the service as little CPU as possible."""
 from __future__ import annotations
 
 import asyncio
@@ -7,67 +8,112 @@ import threading
 import time
 
 import pytest
-from service.app import _shedder
+import uvicorn
+from uvicorn.server import ServerState
+
+from service.app import create_app
 from service.batcher import Batcher, QueueFullError
 from service.metrics import ServiceMetrics
-from service.observability import RequestContextMiddleware
+from service.observability import SheddingHttpToolsProtocol
 from service.settings import Settings
-from service.state import ServiceState
 from tests.service_support import slow_worker
 
 
-def call(middleware, path: str, body: bytes = b'{"history": ["1"]}'):
-    """Drive the ASGI middleware once; returns (status, headers, body, receive calls)."""
-    received, sent = [], []
+class Transport(asyncio.Transport):
+    """What the protocol writes, and whether it closed the connection."""
 
-    async def receive():
-        received.append(1)
-        return {"type": "http.request", "body": body, "more_body": False}
+    def __init__(self) -> None:
+        super().__init__()
+        self.written, self.closed, self.closed_by_server = bytearray(), False, False
 
-    async def send(message):
-        sent.append(message)
+    def write(self, data) -> None:
+        self.written += data
 
-    scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-length", str(len(body)).encode())]}
-    asyncio.run(middleware(scope, receive, send))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], dict(start["headers"]), payload, len(received)
+    def close(self) -> None:
+        self.closed = True
 
+    def is_closing(self) -> bool:
+        return self.closed
 
-async def inner_app(scope, receive, send):
-    await receive()
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"{}"})
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5555)}.get(name, default)
 
 
 def make(depth: int, max_queue: int = 4):
-    metrics = ServiceMetrics()
-    state = ServiceState(Settings(max_queue=max_queue), metrics)
+    """mind serve's HTTP protocol over an app whose batcher has ``depth`` requests queued."""
+    settings = Settings(max_queue=max_queue, retry_after_s=3, log_requests=False)
+    app = create_app(settings)
+    state = app.state.service
     state.batcher = Batcher(lambda payloads: payloads, max_batch_size=1, wait_s=0, max_queue=max_queue)
     for _ in range(min(depth, max_queue)):       # requests waiting in the queue
         state.batcher._queue.put_nowait(None)
-    middleware = RequestContextMiddleware(inner_app, metrics=metrics, max_body_bytes=1 << 20, log_requests=False,
-                                          endpoints=frozenset({"/recall"}), shed=_shedder(state), retry_after_s=3)
-    return middleware, metrics
+    return app, state.metrics
+
+
+def serve(app, *requests: bytes) -> Transport:
+    """Feed ``requests`` to a fresh connection of SheddingHttpToolsProtocol; what it wrote back."""
+    async def main():
+        config = uvicorn.Config(app, lifespan="off", log_config=None)
+        config.load()
+        protocol = SheddingHttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
+                                             early_shed=app.state.early_shed)
+        transport = Transport()
+        protocol.connection_made(transport)
+        for request in requests:
+            protocol.data_received(request)
+            await asyncio.sleep(0.05)            # a request that was not refused runs as a task
+        transport.closed_by_server = transport.closed
+        protocol.connection_lost(None)
+        return transport
+    return asyncio.run(main())
+
+
+def post(path: str, body: bytes = b'{"history": ["1"]}', extra: bytes = b"") -> bytes:
+    return (b"POST " + path.encode() + b" HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n" + extra +
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def responses(transport: Transport) -> list[tuple[int, dict, bytes]]:
+    """(status, headers, body) of each response written, in order."""
+    out, data = [], bytes(transport.written)
+    while data:
+        head, data = data.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
+        length = int(headers[b"content-length"])
+        out.append((int(lines[0].split()[1]), headers, data[:length]))
+        data = data[length:]
+    return out
 
 
 def rejected(metrics: ServiceMetrics) -> float:
     return metrics.rejected.labels(reason="queue_full")._value.get()
 
 
-def test_full_queue_sheds_recall_before_reading_the_body():
-    middleware, metrics = make(depth=4)
-    status, headers, payload, reads = call(middleware, "/recall")
-    assert status == 503 and headers[b"retry-after"] == b"3"
-    assert b"overloaded" in payload and reads == 0
+def test_full_queue_sheds_recall_when_its_headers_arrive_and_the_connection_stays_usable():
+    """The 503 (+ Retry-After, request id, counted) is written from the headers alone: the
+    body, even one that is not JSON, is dropped unparsed; the next request on the same
+    keep-alive connection is served (here: /healthz), and a refusal of a request asking
+    to close does close."""
+    app, metrics = make(depth=4)
+    transport = serve(app, post("/recall", b"not json at all", b"x-request-id: abc-1\r\n"),
+                      b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+    (status, headers, payload), (health, _, _) = responses(transport)
+    assert status == 503 and headers[b"retry-after"] == b"3" and headers[b"x-request-id"] == b"abc-1"
+    assert b"overloaded" in payload and b"queued" in payload
+    assert health == 200 and not transport.closed_by_server
     assert rejected(metrics) == 1
+    assert metrics.requests.labels(endpoint="/recall", status="503")._value.get() == 1
+    closing = serve(make(depth=4)[0], post("/recall/batch", b"[]", b"connection: close\r\n"))
+    assert responses(closing)[0][0] == 503 and closing.closed_by_server
 
 
 def test_room_in_the_queue_and_other_paths_are_not_shed():
-    middleware, metrics = make(depth=3)
-    assert call(middleware, "/recall")[0] == 200
+    app, metrics = make(depth=3)
+    ((status, _, payload),) = responses(serve(app, post("/recall")))
+    assert b"not ready" in payload                # reached the app, which has no bundle here
     full, _ = make(depth=10)
-    assert call(full, "/healthz")[0] == 200
+    assert responses(serve(full, b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n"))[0][0] == 200
     assert rejected(metrics) == 0
 
 
