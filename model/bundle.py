@@ -2,12 +2,9 @@
 ``model/`` module the service imports. Its files: model.bundle_files (docs/architecture.md).
 
 ``write_bundle(out_dir, ...)`` writes into a hidden directory beside its target and renames
-it into place, so a crash never leaves a half bundle where a loader looks:
-- ``out_dir`` absent: the bundle is written at ``out_dir``;
-- ``out_dir`` a bundle (holds ``manifest.json``): refused unless ``force=True``, then replaced
-  by rename (the old one is moved aside first, never written into);
-- any other directory (a *bundle root*): a new version goes inside it as
-  ``<created, YYYYmmddTHHMMSS.ffffffZ>-<model_version[:12]>/``, so names sort by time.
+it into place, so a crash never leaves a half bundle where a loader looks; where it lands (at
+``out_dir``, replacing a bundle there only with ``force``, or as a new version inside a bundle
+root, named so that names sort by time): docs/architecture.md, "Bundle directory".
 """
 from __future__ import annotations
 

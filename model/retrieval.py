@@ -2,17 +2,12 @@
 ``POST /recall``.
 
 Pure functions over numpy arrays (faiss contrib style). Everything speaks item *rows* (FAISS
-ids, ``row = item index - 1``, see docs/architecture.md); ``row == -1`` is an empty slot with
-score ``-inf``. The steps, each a function:
-
-    search(index, item_vectors, capsules, active, k)      -> per-interest (scores, rows)
-    search_enough(..., excluded, top_n)                   -> the same, k sized by the exclusions
-    merge(scores, rows, excluded, n, policy, diversity)   -> (rows, scores, interest)
-        = exclusion_mask + merge_by_score | merge_round_robin | merge_diverse (diversity > 0)
-
-A row found by several interests keeps its best score (and the lowest such interest); ties
-are always broken by the smaller row, so an answer never depends on the order in which
-candidates arrived (batch composition, FAISS internals).
+ids, ``row = item index - 1``); ``row == -1`` is an empty slot with score ``-inf``. The steps,
+each a function (signatures: docs/architecture.md, "Evaluation"): `search` (or `search_enough`,
+its lists as deep as the exclusions need), then `merge`. A row found by several interests
+keeps its best score (and the lowest such interest); ties are always broken by the smaller
+row, so an answer never depends on the order in which candidates arrived (batch composition,
+FAISS internals).
 """
 from __future__ import annotations
 
