@@ -2,12 +2,9 @@
 ``model/`` module the service imports. Its files: model.bundle_files (docs/architecture.md).
 
 ``write_bundle(out_dir, ...)`` writes into a hidden directory beside its target and renames
-it into place, so a crash never leaves a half bundle where a loader looks:
-- ``out_dir`` absent: the bundle is written at ``out_dir``;
-- ``out_dir`` a bundle (holds ``manifest.json``): refused unless ``force=True``, then replaced
-  by rename (the old one is moved aside first, never written into);
-- any other directory (a *bundle root*): a new version goes inside it as
-  ``<created, YYYYmmddTHHMMSS.ffffffZ>-<model_version[:12]>/``, so names sort by time.
+it into place, so a crash never leaves a half bundle where a loader looks; where it lands (at
+``out_dir``, replacing a bundle there only with ``force``, or as a new version inside a bundle
+root, named so that names sort by time): docs/architecture.md, "Bundle directory".
 """
 from __future__ import annotations
 
@@ -126,15 +123,6 @@ def _resolve_target(out_dir: Path, created: datetime, model_version: str, force:
     return out_dir / f"{created.strftime('%Y%m%dT%H%M%S.%fZ')}-{model_version[:12]}"
 
 
-def _scripted_tower(tower, max_len: int, n_profile: int, item_dim: int):
-    """Script ``tower`` if needed and probe it; return (tower, n_interests, dim)."""
-    tower = script_tower(tower).eval()
-    n_interests, dim = probe_tower(tower, max_len, n_profile, tower_device(tower))
-    if dim != item_dim:
-        raise ValueError(f"tower output d={dim} != item_vectors d={item_dim}")
-    return tower, n_interests, dim
-
-
 def model_version_of(tower: torch.jit.ScriptModule, files: Mapping[str, str], fields: Mapping) -> str:
     """Content hash of the tower's tensors, every other file's sha256 and the manifest fields.
     Not of the tower files: TorchScript embeds a random serialization id and name mangling
@@ -184,7 +172,10 @@ def write_bundle(out_dir, *, tower, item_vectors, item_ids, profile_vocab, popul
     is_bundle = (out_dir / MANIFEST).exists()
     if is_bundle:
         _refuse_unforced(out_dir, force)
-    tower, n_interests, dim = _scripted_tower(tower, max_len, len(profile_vocab), vectors.shape[1])
+    tower = script_tower(tower).eval()
+    n_interests, dim = probe_tower(tower, max_len, len(profile_vocab), tower_device(tower))
+    if dim != vectors.shape[1]:
+        raise ValueError(f"tower output d={dim} != item_vectors d={vectors.shape[1]}")
     parent = out_dir if out_dir.is_dir() and not is_bundle else out_dir.parent
     tmp = staging_dir(parent / "bundle")   # hidden: `latest_bundle` skips it
     tmp.chmod(BUNDLE_DIR_MODE)   # mkdtemp makes it 0700; a service may run as another user
@@ -236,14 +227,6 @@ def _check_item_side(path: Path, manifest: dict, vectors: np.ndarray, index: fai
         raise BundleError(f"{path / ITEM_IDS}: external ids are not unique")
 
 
-def tower_format_of(manifest: dict, requested: str) -> str:
-    """The tower format to load: ``requested``, except that a bundle without an export program
-    (written before it existed) is served from TorchScript."""
-    if requested not in TOWER_FORMATS:
-        raise ValueError(f"unknown tower format {requested!r}; known: {TOWER_FORMATS}")
-    return EXPORT if requested == EXPORT and TOWER_PROGRAM in manifest["files"] else TORCHSCRIPT
-
-
 def _load_tower(path: Path, manifest: dict, device: torch.device, tower_format: str) -> torch.nn.Module:
     file = path / (TOWER_PROGRAM if tower_format == EXPORT else TOWER)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -266,7 +249,10 @@ def load_bundle(path, device="cpu", tower_format: str = TORCHSCRIPT) -> Bundle:
     path = latest_bundle(path)
     device = torch.device(device)
     manifest = read_manifest(path)
-    tower_format = tower_format_of(manifest, tower_format)
+    if tower_format not in TOWER_FORMATS:
+        raise ValueError(f"unknown tower format {tower_format!r}; known: {TOWER_FORMATS}")
+    if TOWER_PROGRAM not in manifest["files"]:   # written before the export program existed
+        tower_format = TORCHSCRIPT
     verify_files(path, manifest)
     vectors = read_item_vectors(path / ITEM_VECTORS)
     index = read_index(path / INDEX)

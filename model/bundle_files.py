@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import faiss
@@ -36,6 +37,9 @@ SUPPORTED_FORMAT_VERSIONS = (1,)
 
 class BundleError(Exception):
     """A bundle cannot be used; the message names the offending file."""
+
+
+read_json = partial(read_json_file, error=BundleError)   # (file, expected_type: dict or list)
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,6 @@ def verify_files(path: Path, manifest: dict) -> None:
             raise BundleError(f"{file}: {kind} ({size} bytes, manifest records {sizes[name]})")
         if sha256_of(file) != recorded[name]:
             raise BundleError(f"{file}: sha256 mismatch (file changed since export)")
-
-
-def read_json(file: Path, expected_type: type):
-    """Parse a bundle JSON file whose top level must be ``expected_type`` (dict or list)."""
-    return read_json_file(file, expected_type, BundleError)
 
 
 def read_item_vectors(file: Path) -> np.ndarray:
@@ -126,8 +125,9 @@ def read_popularity(path: Path, n_items: int) -> np.ndarray:
     return rows
 
 
-def _categories_entry(path: Path, manifest: dict) -> dict | None:
-    """The manifest's item_categories entry, checked against ``files``; None when absent."""
+def read_item_categories(path: Path, manifest: dict) -> ItemCategories | None:
+    """The bundle's item categories (read whole, after ``verify_files``), or None without them
+    (the manifest's entry and its ``files`` record come together or not at all)."""
     entry, recorded = manifest.get(CATEGORIES_KEY), ITEM_CATEGORIES in manifest["files"]
     if entry is None and not recorded:
         return None
@@ -138,14 +138,6 @@ def _categories_entry(path: Path, manifest: dict) -> dict | None:
             or not isinstance(entry.get("names"), list) or not all(isinstance(n, str) for n in entry["names"])):
         raise BundleError(f"{path / MANIFEST}: malformed {CATEGORIES_KEY!r} entry "
                           f"(expected {{'feature': str, 'names': [str, ...]}})")
-    return entry
-
-
-def read_item_categories(path: Path, manifest: dict) -> ItemCategories | None:
-    """The bundle's item categories (read whole, after ``verify_files``), or None without them."""
-    entry = _categories_entry(path, manifest)
-    if entry is None:
-        return None
     file, n_items, n_names = path / ITEM_CATEGORIES, manifest["n_items"], len(entry["names"])
     try:
         of_row = np.load(file, allow_pickle=False)

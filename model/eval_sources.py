@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from model.artifacts import read_json
+from model.bundle import BundleError, latest_bundle, load_bundle
 from model.data import DataFormatError, RunDataMismatch, holdout, rebuild_dataset
 from model.protocol import HeldOut, MindRetriever, tower_capsule_fn
+from model.run import RunError, config_max_len, load_run
 
 SPLIT_USERS = {"test": "test_users", "validation": "val_users"}
 
@@ -76,9 +79,6 @@ def row_maps(dataset_ids: Sequence[str], source_ids: Sequence[str]
 
 def run_retriever(run_dir: Path, dataset_item_ids: Sequence[str], device: str) -> tuple[MindRetriever, int]:
     """(MIND of a run directory as a capsule source over exact FAISS search, its max_len)."""
-    import torch
-    from model.run import RunError, config_max_len, load_run
-
     if not (run_dir / "checkpoint.pt").is_file():
         raise EvaluationError(f"{run_dir / 'checkpoint.pt'}: file not found (is {run_dir} a finished run?)")
     try:
@@ -123,8 +123,6 @@ def run_source(run_dir: Path, split: str, data_override: Path | None, k1_dir: Pa
 
 def bundle_source(bundle_dir: Path, split: str, data_override: Path | None, device: str) -> EvalSource:
     """A bundle's TorchScript tower and own FAISS index on the split of its saved data config."""
-    from model.bundle import BundleError, latest_bundle, load_bundle
-
     try:
         bundle = load_bundle(latest_bundle(bundle_dir), device=device)
     except (BundleError, OSError) as err:

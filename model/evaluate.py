@@ -13,8 +13,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
-
 from model.device import DeviceError, resolve_device
 from model.eval_sources import EvaluationError, bundle_source, run_source
 from model.protocol import CUTOFFS, diversity_all, rank_all, score_all
@@ -46,30 +44,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for the user tower (cpu, cuda, auto)")
 
 
-def _device(name: str) -> torch.device:
-    """The ``--device`` of the command (model.device's rule); an unusable one is an EvaluationError."""
-    try:
-        return resolve_device(name)
-    except DeviceError as err:
-        raise EvaluationError(f"--device {name}: {err}") from err
-
-
 def main(args: argparse.Namespace) -> int:
     """Run the evaluation; exit 2 with a one-line message on bad input."""
     try:
+        device = resolve_device(args.device)   # model.device's rule, as `mind train` has it
         if args.run is not None:
-            source = run_source(args.run, args.split, args.data, K1_BASELINE, _device(args.device))
+            source = run_source(args.run, args.split, args.data, K1_BASELINE, device)
             out_dir = args.out or args.run / "eval"
         else:
-            source = bundle_source(args.bundle, args.split, args.data, _device(args.device))
+            source = bundle_source(args.bundle, args.split, args.data, device)
             out_dir = args.out or args.bundle / "eval"
         metrics, curves = score_all(rank_all(source.held, source.retrievers), source.held.target_rows)
         result = {"source": source.info, "cutoffs": list(CUTOFFS), "metrics": metrics,
                   "diversity": diversity_all(source.held, source.retrievers), "missing": source.missing}
         command = "mind " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["evaluate"] else "mind evaluate"
         written = write_report(result, curves, Path(out_dir), command)
-    except (EvaluationError, OSError) as err:
-        print(f"mind evaluate: error: {err}", file=sys.stderr)
+    except (EvaluationError, OSError, DeviceError) as err:
+        flag = f"--device {args.device}: " if isinstance(err, DeviceError) else ""
+        print(f"mind evaluate: error: {flag}{err}", file=sys.stderr)
         return 2
     result["report"] = [str(p) for p in written]
     print(json.dumps(result, indent=2))

@@ -81,24 +81,6 @@ def read_run(run_dir: Path) -> dict:
             "max_len": config_max_len(config, run_dir / CONFIG)}
 
 
-def load_model(run_dir: Path):
-    """The trained MIND of the run, in eval mode on CPU."""
-    try:
-        model, _ = load_run(run_dir)
-    except (RunError, OSError, ValueError, KeyError, RuntimeError) as err:
-        raise RunError(f"cannot rebuild the model of {run_dir}: {err}") from err
-    return model.cpu().eval()
-
-
-def check_profile_vocab(run_dir: Path, profile_vocab: dict, model) -> None:
-    """The vocabularies match the model's profile inputs, column by column."""
-    sizes = tuple(len(values) for values in profile_vocab.values())
-    expected = tuple(model.config.profile_vocab_sizes)
-    if sizes != expected:
-        raise RunError(f"{run_dir / 'vocab.json'}: user_profile vocabulary sizes {sizes} "
-                       f"!= the model's {expected} ({run_dir / 'config.json'})")
-
-
 def category_feature(run_dir: Path, vocab: dict, requested: str = AUTO_CATEGORY) -> str | None:
     """The item side feature to take categories from, or None: ``auto`` takes the first
     feature named one of CATEGORY_FEATURE_NAMES (case-insensitive, in that order)."""
@@ -133,8 +115,11 @@ def export_run(run_dir: Path, out_dir: Path, index_type: str | None = None, forc
     """Export ``run_dir`` into a bundle at (or, for a bundle root, inside) ``out_dir``."""
     run = read_run(run_dir)
     feature = category_feature(run_dir, run["vocab"], category)
-    model = load_model(run_dir)
-    eager = model.user_tower()
+    try:
+        model, _ = load_run(run_dir)
+    except (RunError, OSError, ValueError, KeyError, RuntimeError) as err:
+        raise RunError(f"cannot rebuild the model of {run_dir}: {err}") from err
+    eager = model.cpu().eval().user_tower()
     try:
         tower = script_tower(eager).eval()
     except RuntimeError as err:   # a model bug, not bad input: exit 1 with the compiler's message
@@ -152,7 +137,11 @@ def export_run(run_dir: Path, out_dir: Path, index_type: str | None = None, forc
         raise RunError(f"{run_dir / 'popularity.json'}: item index {run['popular_rows'].max() + 1} "
                        f"beyond the {len(item_ids)} items of vocab.json")
     profile_vocab = run["vocab"].get("user_profile", {})
-    check_profile_vocab(run_dir, profile_vocab, model)
+    sizes = tuple(len(values) for values in profile_vocab.values())
+    expected = model.config.profile_vocab_sizes   # the model's profile inputs, column by column
+    if sizes != expected:
+        raise RunError(f"{run_dir / 'vocab.json'}: user_profile vocabulary sizes {sizes} "
+                       f"!= the model's {expected} ({run_dir / 'config.json'})")
     index_type = index_type or choose_kind(len(item_ids))
     ranked = run["popular_rows"] if len(run["popular_rows"]) else np.arange(len(item_ids))
     queries = None if index_type == "flat" else tower_queries(tower, ranked, run["max_len"], len(profile_vocab))

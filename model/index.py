@@ -133,25 +133,17 @@ def build_index(item_vectors: np.ndarray, kind: str | None = None, *, hnsw_m: in
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
-    elif kind == "ivf":
-        index = _trained_ivf(vectors, default_nlist(n_items), IVF_SEED)
+    elif kind == "ivf":   # the coarse quantizer is trained on a seeded sample
+        nlist = default_nlist(n_items)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        n_train = min(n_items, IVF_TRAIN_POINTS_PER_LIST * nlist)
+        rng = np.random.default_rng(IVF_SEED)
+        index.cp.seed = IVF_SEED
+        index.train(vectors[np.sort(rng.choice(n_items, n_train, replace=False))])
     else:
         raise ValueError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
     index.add(vectors)
     return index, kind
-
-
-def _trained_ivf(vectors: np.ndarray, nlist: int, seed: int) -> faiss.Index:
-    """An ``IndexIVFFlat`` (inner product) whose coarse quantizer is trained on a sample."""
-    dim = vectors.shape[1]
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    n_train = min(len(vectors), IVF_TRAIN_POINTS_PER_LIST * nlist)
-    rng = np.random.default_rng(seed)
-    sample = vectors[np.sort(rng.choice(len(vectors), n_train, replace=False))]
-    index.cp.seed = seed
-    index.train(sample)
-    return index
 
 
 def index_kind(index: faiss.Index) -> str:

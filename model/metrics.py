@@ -98,10 +98,6 @@ def mean_jaccard(rows_a: np.ndarray, rows_b: np.ndarray) -> float | None:
 def majority_purity(labels: np.ndarray) -> float | None:
     """Mean over rows of labels (M, n) int64 (one per (user, interest): the planted cluster of
     each item it names, ``-1`` ignored) of the share of the most frequent label; None if no label."""
-    labels = np.asarray(labels, dtype=np.int64)
-    shares = []
-    for row in labels:
-        row = row[row >= 0]
-        if len(row):
-            shares.append(np.unique(row, return_counts=True)[1].max() / len(row))
+    rows = (row[row >= 0] for row in np.asarray(labels, dtype=np.int64))
+    shares = [np.unique(row, return_counts=True)[1].max() / len(row) for row in rows if len(row)]
     return float(np.mean(shares)) if shares else None

@@ -2,17 +2,12 @@
 ``POST /recall``.
 
 Pure functions over numpy arrays (faiss contrib style). Everything speaks item *rows* (FAISS
-ids, ``row = item index - 1``, see docs/architecture.md); ``row == -1`` is an empty slot with
-score ``-inf``. The steps, each a function:
-
-    search(index, item_vectors, capsules, active, k)      -> per-interest (scores, rows)
-    search_enough(..., excluded, top_n)                   -> the same, k sized by the exclusions
-    merge(scores, rows, excluded, n, policy, diversity)   -> (rows, scores, interest)
-        = exclusion_mask + merge_by_score | merge_round_robin | merge_diverse (diversity > 0)
-
-A row found by several interests keeps its best score (and the lowest such interest); ties
-are always broken by the smaller row, so an answer never depends on the order in which
-candidates arrived (batch composition, FAISS internals).
+ids, ``row = item index - 1``); ``row == -1`` is an empty slot with score ``-inf``. The steps,
+each a function (signatures: docs/architecture.md, "Evaluation"): `search` (or `search_enough`,
+its lists as deep as the exclusions need), then `merge`. A row found by several interests
+keeps its best score (and the lowest such interest); ties are always broken by the smaller
+row, so an answer never depends on the order in which candidates arrived (batch composition,
+FAISS internals).
 """
 from __future__ import annotations
 
@@ -217,14 +212,6 @@ def merge_round_robin(scores: np.ndarray, rows: np.ndarray, interest: np.ndarray
     return _take_top(turn, scores, rows, interest, n)
 
 
-def _diverse_pool(scores, rows, interest, drop, depth: int):
-    """The candidate pool of :func:`merge_diverse`: :func:`_per_interest_pool` as (B, P)
-    arrays sorted by (-score, row), P <= K * depth, -inf padded."""
-    scores, rows, interest = _per_interest_pool(scores, rows, interest, drop, depth)
-    order = np.lexsort((rows, -scores), axis=-1)[:, : depth * (int(interest.max(initial=0)) + 1)]
-    return _gather(order, scores, rows, interest)
-
-
 def _greedy_picks(rescaled: np.ndarray, interest: np.ndarray, category: np.ndarray | None,
                   lam: np.ndarray, n: int) -> np.ndarray:
     """The greedy loop of :func:`merge_diverse` over (B, P) pools sorted by (-score, row):
@@ -268,7 +255,10 @@ def merge_diverse(scores: np.ndarray, rows: np.ndarray, interest: np.ndarray, n:
     gives :func:`merge_by_score`'s list exactly. Cost: n steps over (B, P): O(n * P) =
     O(K * n^2) per request. Returns (rows, scores, interest), each (B, n), -1 / -inf / -1 padded.
     """
-    scores, rows, interest = _diverse_pool(scores, rows, interest, drop, DIVERSE_POOL_DEPTH * n)  # (B, P) each
+    depth = DIVERSE_POOL_DEPTH * n
+    scores, rows, interest = _per_interest_pool(scores, rows, interest, drop, depth)
+    order = np.lexsort((rows, -scores), axis=-1)[:, : depth * (int(interest.max(initial=0)) + 1)]
+    scores, rows, interest = _gather(order, scores, rows, interest)   # (B, P) by (-score, row)
     valid = np.isfinite(scores)
     top = np.where(valid, scores, -np.inf).max(axis=1, initial=-np.inf)[:, None]
     low = np.where(valid, scores, np.inf).min(axis=1, initial=np.inf)[:, None]

@@ -57,13 +57,11 @@ class InterestExtractor(nn.Module):
     def profile_vector(self, profile: torch.Tensor) -> torch.Tensor:
         """profile (B, P) int64 -> (B, F) the concatenated profile embeddings (F = 0 without)."""
         parts = []
-        i = 0
-        for table in self.profile:                                    # one embedding per feature
+        for i, table in enumerate(self.profile):                      # one embedding per feature
             values = profile[:, i]
             values = torch.where((values >= 0) & (values < self.profile_sizes[i]), values,
                                  torch.zeros_like(values))            # out of range = unknown
             parts.append(table(values))                               # (B, profile_dim)
-            i += 1
         if len(parts) == 0:
             return torch.zeros(profile.size(0), 0, device=profile.device)
         return torch.cat(parts, dim=1)

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from model.artifacts import move_into_place, staging_dir
 from model.config import (LOSSES, LR_SCHEDULES, PROFILE_FUSIONS, READOUTS, ROUTING_AXES, ROUTING_MAPS,
@@ -224,8 +226,6 @@ def rank_batches(n: int, batch_size: int, rng: np.random.Generator, rank: int, w
 def shard_batches(n: int, batch_size: int, rng: np.random.Generator, device: torch.device) -> list[np.ndarray]:
     """Mini-batches of a shuffled 0..n-1 of this rank's own samples, cut to the fewest any rank
     holds: every rank takes the same number of steps (see `rank_batches`)."""
-    import torch.distributed as dist
-
     fewest = torch.tensor([n], device=device)
     dist.all_reduce(fewest, op=dist.ReduceOp.MIN)
     order = rng.permutation(n)[:int(fewest)]
@@ -294,8 +294,6 @@ def fit(model: MIND, ds: SequenceDataset, config: TrainConfig, device: torch.dev
     q = sampling_distribution(torch.as_tensor(ds.train_item_counts))
     objective: nn.Module = Objective(model, q, torch.Generator().manual_seed(config.seed))
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
         objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(objective.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     cases = held_out_set(ds, ds.val_users, model.config.max_len)
@@ -364,8 +362,6 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
-    import torch.distributed as dist
-
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), world
 
@@ -451,7 +447,5 @@ def run_training(ds: SequenceDataset, data_config: dict, config: ModelConfig, tr
         raise
     finally:
         if world > 1:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
     return 0

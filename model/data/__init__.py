@@ -1,14 +1,7 @@
-"""Interaction-log data: readers, id vocabularies, k-core, splits and samples.
-
-- `logs`: the columnar `Interactions`, errors, separator and column rules and the pyarrow
-  reader with its line-numbering pass;
-- `readers`: the MovieLens, RecBole, CSV/TSV and Parquet formats;
-- `dataset`: vocabularies, k-core, sequences, split, samples and hold-out;
-- `sources`: dataset names and folders, GroupLens downloads and the synthetic dataset;
-- here, the entry points that join them: `load_interactions` (any format, with the
-  side-feature rules), `load_dataset` (``--data`` to a dataset, per data-parallel rank) and
-  the data part of a run directory (``config.json["data"]``, ``vocab.json``, ``split.json``).
-
+"""Interaction-log data: readers, id vocabularies, k-core, splits and samples (the modules:
+docs/data.md). Here, the entry points that join them: `load_interactions` (any format, with
+the side-feature rules), `load_dataset` (``--data`` to a dataset, per data-parallel rank) and
+the data part of a run directory (``config.json["data"]``, ``vocab.json``, ``split.json``).
 The public API (docs/architecture.md, "Data") is importable from here.
 """
 from __future__ import annotations

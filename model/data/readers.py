@@ -1,13 +1,5 @@
-"""The interaction-log formats `model.data.load_interactions` reads, and their side files.
-
-| fmt | file | detected by |
-| --- | --- | --- |
-| ``movielens-100k`` | ``u.data`` (tab, no header) + ``u.user``, ``u.item`` | name ``u.data`` |
-| ``movielens-dat`` | ``ratings.dat`` (``::``) + ``users.dat``, ``movies.dat`` | ``::`` in the first line |
-| ``movielens-csv`` | ``ratings.csv`` (ml-latest) + ``movies.csv`` | a ``ratings.csv`` whose header is ``userId,movieId,...`` |
-| ``recbole`` | ``<stem>.inter`` (+ ``.user``, ``.item``) | ``.inter``, or a typed header (``user_id:token``) |
-| ``csv`` / ``tsv`` | any table with a header row | ``.csv`` / ``.tsv`` / ``.txt`` / ``.tab`` |
-| ``parquet`` | any Parquet table | ``.parquet`` / ``.pq`` |
+"""The interaction-log formats `model.data.load_interactions` reads, and their side files (the
+table of formats: docs/data.md, "Formats"; `detect_format` tells them apart).
 
 A folder may hold exactly one interaction file. MovieLens side files are latin-1. RecBole
 users get their ``token`` columns, items their ``token_seq`` columns, subject to

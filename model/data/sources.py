@@ -1,9 +1,6 @@
 """What ``--data`` means: a path (a file, or a folder holding one interaction file) is used
 as is; a dataset name is looked up locally first and fetched (MovieLens, from GroupLens) or
-generated (``synthetic``) only when no copy exists. Lookup for a name: 1. ``$MIND_DATA_DIR/<name>/``;
-2. for ``ml-100k``: ``$MIND_SHARED_DATA/ml-100k/ml-100k.inter`` (default ``../shared/data/``);
-3. the cache folder (``$MIND_DATA_DIR``, else ``$XDG_CACHE_HOME/mind-recall`` or
-``~/.cache/mind-recall``), where ``synthetic`` is generated and MovieLens is downloaded.
+generated (``synthetic``) only when no copy exists (the lookup order: docs/data.md).
 
 The synthetic dataset is a deterministic planted multi-interest log (the default data, and the
 ground truth for multi-interest tests): items fall into `n_clusters` clusters; each user draws
