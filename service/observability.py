@@ -18,6 +18,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from service.metrics import ServiceMetrics
 
 REQUEST_ID_HEADER = b"x-request-id"
+RECEIVED_AT = "received_at"          # scope["state"] key: perf_counter() when the event loop read the request
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _STANDARD_RECORD_KEYS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
                                                                                      "color_message", "taskName"}
@@ -211,6 +212,11 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args, early_shed: EarlyShed, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.early_shed = early_shed
+        self.received_at = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        self.received_at = time.perf_counter()
+        super().data_received(data)
 
     def on_headers_complete(self) -> None:
         response = None
@@ -219,6 +225,8 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
             response = self.early_shed.response(self.parser.get_method(), self.url, self.headers,
                                                 self.server_state.default_headers, keep_alive)
         if response is None:
+            # when the loop read it: the latency objective counts the time its task waits to run
+            self.scope["state"][RECEIVED_AT] = self.received_at
             return super().on_headers_complete()
         self.transport.write(response)
         self.cycle = _ANSWERED

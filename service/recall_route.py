@@ -20,6 +20,7 @@ from fastapi import HTTPException
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
+from service.observability import RECEIVED_AT
 from service.schemas import LimitError, RecallRequest, to_query
 from service.state import ServiceState, Unavailable
 
@@ -83,7 +84,7 @@ async def _send_json(send, status: int, payload: bytes, headers: dict | None = N
 def _with_fast_path(standard):
     """The route's ASGI app: the common request answered here, any other by ``standard``."""
     async def app(scope, receive, send):
-        started = time.perf_counter()
+        started = scope.get("state", {}).get(RECEIVED_AT) or time.perf_counter()
         body, messages = await _read_body(receive)
         request = parse_common(scope, body)
         if request is None:
