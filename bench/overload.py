@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import shlex
 import sys
@@ -151,6 +152,33 @@ async def recovery_s(port: int, request: bytes, normal_ms: float, limit_s: float
     return float("inf"), seen
 
 
+def _prober(conn, port: int, request: bytes) -> None:
+    """Probe process: answers ("probe", (n, q)) with probe_ms and ("recover", normal_ms) with
+    recovery_s until it receives None. Probing from its own process keeps the load client's
+    after-effects (its CPU and its thousands of closing sockets) out of the recovery figure."""
+    while (command := conn.recv()) is not None:
+        kind, arg = command
+        conn.send(asyncio.run(probe_ms(port, request, *arg) if kind == "probe" else recovery_s(port, request, arg)))
+
+
+class Prober:
+    """A probe process started before the overload, asked for latencies over a pipe."""
+
+    def __init__(self, port: int, request: bytes) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_prober, args=(child, port, request), daemon=True)
+        self._process.start()
+
+    def ask(self, kind: str, arg):
+        self._conn.send((kind, arg))
+        return self._conn.recv()
+
+    def close(self) -> None:
+        self._conn.send(None)
+        self._process.join(timeout=10)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_workload_arguments(parser)
@@ -175,8 +203,9 @@ async def saturate(port: int, pid: int, requests: list[bytes], args) -> dict:
 
 
 async def drill(port: int, pid: int, requests: list[bytes], saturation: dict, args) -> dict:
-    normal = await probe_ms(port, requests[0], 50)
-    normal_p90 = await probe_ms(port, requests[0], 50, q=90)
+    prober = Prober(port, requests[0])
+    normal = prober.ask("probe", (50, 50))
+    normal_p90 = prober.ask("probe", (50, 90))
     rate = saturation["rps"] * args.factor
     loop, rss = OpenLoop(port, requests, args.max_connections), [rss_mib(pid)]
 
@@ -189,7 +218,8 @@ async def drill(port: int, pid: int, requests: list[bytes], saturation: dict, ar
     offered = await loop.run(rate, args.seconds)
     cpu = {"server": cpu_s(pid) - cpu_before, "client": sum(os.times()[:2]) - client_before}
     sampler.cancel()
-    recovered, probes = await recovery_s(port, requests[0], normal_p90)
+    recovered, probes = prober.ask("recover", normal_p90)
+    prober.close()
     return {"normal_ms": normal, "normal_p90_ms": normal_p90, "saturation": saturation, "target_rate": rate, "offered_rate": offered,
             "rss_during": rss, "recovery_s": recovered, "probes": probes, "cpu": cpu, "seconds": args.seconds, **summarise(loop)}
 
@@ -219,7 +249,8 @@ def report(r: dict, env: dict, rss_before: float, rss_after: float, alive: bool)
     during = r["rss_during"]
     print(f"RSS MiB: before {rss_before:.1f}, during max {max(during):.1f} (last {during[-1]:.1f}), "
           f"after {rss_after:.1f}")
-    print(f"recovery to normal latency after the load stopped and its answers came back: {r['recovery_s']:.2f} s "
+    print(f"recovery to normal latency after the load stopped and its answers came back (probed from a separate "
+          f"process): {r['recovery_s']:.2f} s "
           f"(probe medians, ms: {r['probes'][:8]}{' ...' if len(r['probes']) > 8 else ''})")
     print(f"stayed up: {alive}")
 
