@@ -48,9 +48,10 @@ def request_bytes(history: list[str], top_n: int) -> bytes:
     return head + body
 
 
-async def _read_response(reader: asyncio.StreamReader, headers: dict | None = None) -> int:
-    """Read one HTTP/1.1 response with a Content-Length body; return its status
-    (and fill ``headers`` {lower-case name: value}, bytes, when given: bench/overload.py)."""
+async def _read_response(reader: asyncio.StreamReader, headers: dict | None = None, body: list | None = None) -> int:
+    """Read one HTTP/1.1 response with a Content-Length body; return its status (and fill
+    ``headers`` {lower-case name: value}, bytes, and append the body to ``body``, when given:
+    bench/overload.py)."""
     status = int((await reader.readline()).split(b" ", 2)[1])
     length = 0
     while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -59,7 +60,9 @@ async def _read_response(reader: asyncio.StreamReader, headers: dict | None = No
             headers[name.lower()] = value.strip()
         if name.lower() == b"content-length":
             length = int(value)
-    await reader.readexactly(length)
+    payload = await reader.readexactly(length)
+    if body is not None:
+        body.append(payload)
     return status
 
 
