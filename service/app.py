@@ -23,9 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.bundle import BundleError
 from service.metrics import ServiceMetrics
-from service.observability import EarlyShed, RequestContextMiddleware, RequestRecorder
+from service.observability import RECEIVED_AT, RequestContextMiddleware, RequestRecorder
 from service.operations import add_operational_routes
-from service.recall_route import RecallRoute, answer_recall
+from service.protocol import RecallFront
 from service.schemas import ErrorResponse, LimitError, RecallRequest, RecallResponse, document_limits, to_query
 from service.settings import Settings
 from service.state import ServiceState, Unavailable, get_state
@@ -106,18 +106,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_operational_routes(app)
     recorder = RequestRecorder(metrics, ENDPOINTS, settings.log_requests)
     app.add_middleware(RequestContextMiddleware, recorder=recorder, max_body_bytes=settings.max_body_bytes)
-    # mind serve's HTTP protocol refuses what the batcher would refuse before the body is read
-    app.state.early_shed = EarlyShed(_shedder(app.state.service), recorder, RECALL_PATHS, settings.retry_after_s)
+    # mind serve's HTTP protocol refuses what the batcher would refuse before the body is read,
+    # and answers the common POST /recall itself (service/protocol.py)
+    app.state.front = RecallFront(app.state.service, recorder, RECALL_PATHS)
     return app
-
-
-def _shedder(state: ServiceState):
-    """shed(path): why a recall request must be refused before its body is read (queue full,
-    or predicted wait over the latency objective), else None."""
-    def shed(path: str) -> str | None:
-        refused = state.refusal() if path in RECALL_PATHS else None
-        return None if refused is None else f"overloaded: {refused}"
-    return shed
 
 
 async def _answer(state: ServiceState, queries, started: float):
@@ -128,12 +120,17 @@ async def _answer(state: ServiceState, queries, started: float):
 
 
 def _add_recall_routes(app: FastAPI) -> None:
+    @app.post("/recall", response_model=RecallResponse, responses=ERRORS)
     async def recall(body: RecallRequest, request: Request, state: ServiceState = Depends(get_state)):
-        # FastAPI's path, taken by requests that are not the common case (service/recall_route.py)
-        return Response(await answer_recall(state, body, request.scope, time.perf_counter()),
-                        media_type="application/json")
-    app.router.add_api_route("/recall", recall, methods=["POST"], response_model=RecallResponse, responses=ERRORS,
-                             route_class_override=RecallRoute)
+        # under mind serve, the common request is answered by its HTTP protocol (service/protocol.py)
+        started = request.scope["state"].get(RECEIVED_AT) or time.perf_counter()
+        if body.user_id is not None:
+            request.scope["state"]["user_id"] = body.user_id     # for the request's log line
+        try:
+            query = to_query(body, state.settings)
+        except LimitError as err:
+            raise HTTPException(422, str(err)) from None
+        return _json((await _answer(state, [query], started))[0])
 
     @app.post("/recall/batch", response_model=list[RecallResponse], responses=ERRORS)
     async def recall_many(body: list[RecallRequest], state: ServiceState = Depends(get_state)):

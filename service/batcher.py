@@ -57,6 +57,7 @@ class _Job:
     queued: float = 0.0              # loop.time() it was queued
     predicted: float | None = None   # predicted seconds from queueing to answer (None: no measurements yet)
     due: float = math.inf            # loop.time() by which the latency objective wants it answered
+    timer: asyncio.TimerHandle | None = None   # fails the job at its deadline
 
 
 @dataclass
@@ -68,10 +69,16 @@ class _Running:
 
 def _fail(job: _Job, error: Exception) -> None:
     """Hand ``error`` to the job's caller. Marked as retrieved: a caller that already gave up
-    (its own deadline) must not leave a 'Future exception was never retrieved' log behind."""
+    must not leave a 'Future exception was never retrieved' log behind."""
+    if job.timer is not None:
+        job.timer.cancel()
     if not job.future.done():
         job.future.set_exception(error)
         job.future.exception()
+
+
+def _expire(job: _Job, timeout_s: float) -> None:
+    _fail(job, DeadlineError(f"no answer within {timeout_s * 1000:.0f} ms"))
 
 
 class Batcher:
@@ -175,23 +182,27 @@ class Batcher:
             return 0.0
         return (len(self._arrivals) - 1) / max(now - self._arrivals[0], 1e-3)
 
-    async def submit(self, payload: Any, timeout_s: float, waited_s: float = 0.0) -> Any:
-        """Queue ``payload`` (which reached the service ``waited_s`` ago) and wait for its
-        result; raises QueueFullError or DeadlineError."""
+    def enqueue(self, payload: Any, timeout_s: float, waited_s: float = 0.0) -> asyncio.Future:
+        """Queue ``payload`` (which reached the service ``waited_s`` ago); the future gets its
+        result, or DeadlineError when there is none within ``timeout_s``. Raises QueueFullError
+        when refused now. A caller may add a callback instead of awaiting (mind serve's HTTP
+        protocol does: no task per request)."""
         refused = self.refusal(waited_s)
         if refused is not None:
             raise refused
         loop = asyncio.get_running_loop()
+        now = loop.time()
         predicted = self.predicted_wait_s(self._queue.qsize()) if self._recent else None
-        job = _Job(payload, loop.time() + timeout_s, loop.create_future(), loop.time(), predicted,
-                   loop.time() - waited_s + self._objective_s if self._objective_s > 0 else math.inf)
-        self._arrivals.append(job.queued)
+        job = _Job(payload, now + timeout_s, loop.create_future(), now, predicted,
+                   now - waited_s + self._objective_s if self._objective_s > 0 else math.inf)
+        job.timer = loop.call_at(job.deadline, _expire, job, timeout_s)
+        self._arrivals.append(now)
         self._queue.put_nowait(job)
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await asyncio.shield(job.future)
-        except TimeoutError:
-            raise DeadlineError(f"no answer within {timeout_s * 1000:.0f} ms") from None
+        return job.future
+
+    async def submit(self, payload: Any, timeout_s: float, waited_s: float = 0.0) -> Any:
+        """``enqueue`` and wait for the result; raises QueueFullError or DeadlineError."""
+        return await self.enqueue(payload, timeout_s, waited_s)
 
     def batch_s(self, size: int) -> float:
         """Predicted run time (s) of a batch of ``size`` requests, from the recent batches."""
@@ -308,6 +319,7 @@ class Batcher:
             if isinstance(result, Exception):
                 _fail(job, result)
             elif not job.future.done():
+                job.timer.cancel()
                 job.future.set_result(result)
                 if job.predicted is not None:
                     self._errors.append(now - job.queued - job.predicted)

@@ -38,12 +38,20 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _fast_http_stack(app) -> dict:
-    """uvloop when installed, and httptools (a dependency) with the early refusal of requests
-    an overloaded service would refuse anyway (service/observability.py)."""
-    from service.observability import SheddingHttpToolsProtocol
+    """uvloop when installed, and httptools (a dependency) with the recall hot path answered by
+    the protocol itself (service/protocol.py)."""
+    from service.protocol import RecallHttpProtocol
 
     loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-    return {"loop": loop, "http": functools.partial(SheddingHttpToolsProtocol, early_shed=app.state.early_shed)}
+    return {"loop": loop, "http": functools.partial(RecallHttpProtocol, front=app.state.front)}
+
+
+def server_config(app, settings: Settings):
+    """mind serve's uvicorn configuration of ``app`` (tests serve through it too)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False, log_config=None,
+                          lifespan="on", timeout_graceful_shutdown=30, **_fast_http_stack(app))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -63,9 +71,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level)
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False,
-                            log_config=None, lifespan="on", timeout_graceful_shutdown=30, **_fast_http_stack(app))
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, settings))
     # uvicorn re-raises the captured signal after its graceful shutdown; a Python-level
     # handler turns that into a normal return, so a drained SIGTERM exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

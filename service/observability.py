@@ -1,19 +1,14 @@
-"""JSON-line logs; the ASGI middleware that gives every request an id, a body-size limit, a log
-line and its request metrics; and the HTTP protocol that refuses an overloaded service's
-recall requests before they cost more than their headers."""
+"""JSON-line logs, and the one recorder of every answered request's id, metrics and log line:
+the ASGI middleware (request id, body-size limit) uses it, and so does mind serve's HTTP
+protocol for the requests it answers itself (service/protocol.py)."""
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import asyncio
 import json
 import logging
 import os
 import re
 import sys
 import time
-
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.metrics import ServiceMetrics
 
@@ -156,80 +151,3 @@ class RequestContextMiddleware:
         async def replay():
             return body.pop() if body else await receive()
         return replay
-
-
-class EarlyShed:
-    """The 503 + Retry-After of a recall request the service would only refuse anyway (queue
-    full, or a predicted wait over the latency objective), written by the HTTP protocol as soon
-    as the request's headers are parsed: no task, ASGI stack or body parse is spent on it.
-
-    ``shed(path)`` gives the reason (and counts the rejection), or None to serve the request.
-    """
-
-    def __init__(self, shed: Callable[[str], str | None], recorder: RequestRecorder, paths: frozenset[str],
-                 retry_after_s: int) -> None:
-        self.shed, self.recorder = shed, recorder
-        self.paths = frozenset(path.encode() for path in paths)
-        self.retry_after = str(retry_after_s).encode()
-
-    def response(self, method: bytes, url: bytes, headers: list, default_headers: list, keep_alive: bool) -> bytes | None:
-        """The whole HTTP response refusing this request, or None to serve it."""
-        path = url.split(b"?", 1)[0]
-        if method != b"POST" or path not in self.paths:
-            return None
-        started = time.perf_counter()
-        reason = self.shed(path.decode())
-        if reason is None:
-            return None
-        request_id = self.recorder.request_id(headers)
-        payload = json.dumps({"error": reason}).encode()
-        head = [b"HTTP/1.1 503 Service Unavailable"]
-        head += [name + b": " + value for name, value in default_headers]
-        head += [b"content-type: application/json", b"content-length: " + str(len(payload)).encode(),
-                 REQUEST_ID_HEADER + b": " + request_id, b"retry-after: " + self.retry_after]
-        if not keep_alive:
-            head.append(b"connection: close")
-        self.recorder.record("POST", path.decode(), 503, time.perf_counter() - started, request_id)
-        return b"\r\n".join(head) + b"\r\n\r\n" + payload
-
-
-class _Answered:
-    """Stands in for uvicorn's request cycle once the protocol itself has answered: the parser
-    callbacks then see a complete response and drop the rest of the request's body."""
-    response_complete, disconnected, keep_alive = True, False, False
-    message_event = asyncio.Event()      # set by connection_lost(); nothing waits on it
-
-
-_ANSWERED = _Answered()
-
-
-class SheddingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with ``EarlyShed`` at the end of the headers: a refusal
-    costs ~20 us of CPU here against ~65 us through the ASGI stack (bench/README.md, "Serving,
-    sixth pass"). Requests with ``Expect: 100-continue`` or behind a pipelined request still
-    being answered take uvicorn's own path."""
-
-    def __init__(self, *args, early_shed: EarlyShed, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.early_shed = early_shed
-        self.received_at = 0.0
-
-    def data_received(self, data: bytes) -> None:
-        self.received_at = time.perf_counter()
-        super().data_received(data)
-
-    def on_headers_complete(self) -> None:
-        response = None
-        if not self.expect_100_continue and (self.cycle is None or self.cycle.response_complete):
-            keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-            response = self.early_shed.response(self.parser.get_method(), self.url, self.headers,
-                                                self.server_state.default_headers, keep_alive)
-        if response is None:
-            # when the loop read it: the latency objective counts the time its task waits to run
-            self.scope["state"][RECEIVED_AT] = self.received_at
-            return super().on_headers_complete()
-        self.transport.write(response)
-        self.cycle = _ANSWERED
-        if not keep_alive:
-            self.transport.close()
-        self.on_response_complete()

@@ -187,22 +187,39 @@ class ServiceState:
             self.metrics.rejected.labels(reason=refused.reason).inc()
         return refused
 
-    async def recall(self, query: RecallQuery, started: float) -> dict:
-        """Queue one query and wait for its answer (``started``: arrival, perf_counter).
-        Raises Unavailable when not ready, overloaded, or past the request deadline."""
+    def submit(self, query: RecallQuery, started: float) -> asyncio.Future:
+        """Queue one query (``started``: its arrival, perf_counter); ``settle`` the future once
+        it is done. Raises Unavailable when not ready or overloaded."""
         if self.bundle is None:
             raise Unavailable(f"not ready: {self.not_ready_reason}")
         waited_s = time.perf_counter() - started
         try:
-            answer = await self.batcher.submit((query, time.perf_counter()), self.settings.request_timeout_ms / 1000 - waited_s,
-                                               waited_s)
+            return self.batcher.enqueue((query, time.perf_counter()), self.settings.request_timeout_ms / 1000 - waited_s,
+                                        waited_s)
         except QueueFullError as err:
-            self.metrics.rejected.labels(reason=err.reason).inc()
-            raise Unavailable(f"overloaded: {err}") from None
+            raise self._refused(err) from None
+
+    def settle(self, job: asyncio.Future, started: float) -> dict:
+        """The answer of a done ``submit`` future, with its took_ms; raises Unavailable when it
+        was refused at dispatch or its deadline passed (each counted)."""
+        try:
+            answer = job.result()
+        except QueueFullError as err:
+            raise self._refused(err) from None
         except DeadlineError as err:
             self.metrics.rejected.labels(reason="deadline").inc()
             raise Unavailable(f"request deadline passed: {err}") from None
         return dict(answer, took_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    def _refused(self, err: QueueFullError) -> Unavailable:
+        self.metrics.rejected.labels(reason=err.reason).inc()
+        return Unavailable(f"overloaded: {err}")
+
+    async def recall(self, query: RecallQuery, started: float) -> dict:
+        """``submit`` and ``settle``: the answer, or Unavailable."""
+        job = self.submit(query, started)
+        await asyncio.wait((job,))
+        return self.settle(job, started)
 
     def run_batch(self, jobs: list[tuple[RecallQuery, float]]) -> list[dict]:
         """The worker thread's body: one batch on the bundle current when it starts, and all

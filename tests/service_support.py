@@ -2,6 +2,8 @@
 subprocess on a free port."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -130,3 +132,28 @@ def write_untrained_run(run_dir, ds, data_cfg, n_interests: int, seed: int = 0, 
     write_run_files(run_dir, model, TrainConfig(epochs=1), data_cfg, ds.vocab_json(), ds.split_json(),
                     list(range(1, ds.n_items + 1)), {"test": {}}, model.state_dict())
     return model
+
+
+@contextlib.asynccontextmanager
+async def served(app):
+    """``app`` served as `mind serve` serves it (its uvicorn config and HTTP protocol, lifespan
+    included) on a free loopback port, inside the running loop; an httpx client to it."""
+    import uvicorn
+
+    from service.main import server_config
+
+    config = server_config(app, app.state.service.settings.model_copy(update={"host": "127.0.0.1", "port": 0}))
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()                    # raises why it did not start
+            raise RuntimeError("server stopped before it started")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await task

@@ -6,7 +6,6 @@ import asyncio
 import json
 import shutil
 
-import httpx
 import numpy as np
 import pytest
 
@@ -14,7 +13,7 @@ from mind_recall import cli
 from model.bundle import BundleError, load_bundle
 from model.bundle_files import ITEM_CATEGORIES, MANIFEST, sha256_of
 from model.export import category_feature
-from tests.service_support import build_bundle, write_untrained_run
+from tests.service_support import build_bundle, served, write_untrained_run
 
 TOKEN = "categories-token"
 N_CLUSTERS = 24           # the planted set's genre of an item is its cluster // 2: 12 genres
@@ -163,10 +162,8 @@ def with_app(root, scenario):
         # no shedding, no deadline: these tests are about answers, on a machine of any speed
         app = create_app(Settings(bundle=root, device="cpu", warmup_batches=1, admin_token=TOKEN,
                                   log_requests=False, latency_objective_ms=0, request_timeout_ms=600_000))
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
-                                         timeout=60) as client:
-                return await scenario(client)
+        async with served(app) as client:
+            return await scenario(client)
     return asyncio.run(run())
 
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import numpy as np
 import pytest
 
 from model import retrieval
 from model.retrieval import MAX_DIVERSE_TOP_N, merge_by_score, merge_diverse
+from tests.service_support import served
 
 
 def candidates(rng, n_requests=8, n_interests=4, k=15, n_rows=60):
@@ -128,10 +128,9 @@ def ask(root, *bodies):
 
     async def run():
         app = create_app(Settings(bundle=root, device="cpu", warmup_batches=1))
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-                schema = (await c.get("/openapi.json")).json()
-                return schema, await asyncio.gather(*(c.post("/recall", json=b) for b in bodies))
+        async with served(app) as c:
+            schema = (await c.get("/openapi.json")).json()
+            return schema, await asyncio.gather(*(c.post("/recall", json=b) for b in bodies))
     return asyncio.run(run())
 
 

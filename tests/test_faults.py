@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 
-import httpx
 import pytest
 import torch
 
@@ -22,7 +21,7 @@ from model.bundle import BundleError, load_bundle
 from service.app import create_app
 from service.batcher import Batcher, DeadlineError
 from service.settings import Settings
-from tests.service_support import slow_worker, build_bundle, item_id
+from tests.service_support import build_bundle, item_id, served, slow_worker
 
 TOKEN = "fault-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -38,10 +37,8 @@ def with_app(settings: Settings, scenario):
     """Run ``await scenario(client, app)`` against a started app; returns its result."""
     async def run():
         app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as client:
-                return await scenario(client, app)
+        async with served(app) as client:
+            return await scenario(client, app)
     return asyncio.run(run())
 
 
@@ -169,7 +166,7 @@ def test_admin_token_required_and_compared_in_constant_time(root_with_outside, m
 
     async def scenario(client, app):
         return [await client.post("/admin/reload", json={}, headers=h) for h in
-                ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "},
+                ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer"},  # "Bearer " arrives so: HTTP strips the space
                  {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}x"}, AUTH)]
 
     none, basic, empty, wrong, longer, good = with_app(settings_for(root), scenario)

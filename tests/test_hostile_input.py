@@ -13,7 +13,7 @@ import pytest
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service_support import N_ITEMS, build_bundle, item_id
+from tests.service_support import N_ITEMS, build_bundle, item_id, served
 
 MAX_BODY = 64 * 1024
 JSON = {"content-type": "application/json"}
@@ -31,12 +31,10 @@ def run_requests(settings: Settings, requests: list[dict]) -> list[httpx.Respons
     """Send ``requests`` (httpx.request kwargs) one by one to one app instance, then GOOD."""
     async def run():
         app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as client:
-                answers = [await client.request(**r) for r in requests]
-                answers.append(await client.post("/recall", json=GOOD))
-                return answers
+        async with served(app) as client:
+            answers = [await client.request(**r) for r in requests]
+            answers.append(await client.post("/recall", json=GOOD))
+            return answers
     return asyncio.run(run())
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from model.protocol import CURVE_MAX_N, rank_all, score_all
-from tests.service_support import write_untrained_run
+from tests.service_support import served, write_untrained_run
 
 SETTINGS = {"history_included": False, "history_excluded": True}   # protocol setting -> exclude_history
 
@@ -49,9 +49,8 @@ def served_lists(bundle_dir, ds, held, exclude_history: bool) -> tuple[np.ndarra
 
     async def ask():
         app = create_app(Settings(bundle=bundle_dir, device="cpu", warmup_batches=1))
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-                return await asyncio.gather(*(client.post("/recall", json=b) for b in bodies))
+        async with served(app) as client:
+            return await asyncio.gather(*(client.post("/recall", json=b) for b in bodies))
 
     out = np.full((len(bodies), CURVE_MAX_N), -1, dtype=np.int64)
     row_of = {item: row for row, item in enumerate(ds.items.tokens[1:])}

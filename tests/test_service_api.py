@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 
 import httpx
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from model.bundle import load_bundle
 from service.app import create_app
 from service.settings import Settings
-from tests.service_support import MAX_LEN, N_ITEMS, build_bundle, item_id, reference_recall
+from tests.service_support import MAX_LEN, N_ITEMS, build_bundle, item_id, reference_recall, served
 
 TOKEN = "s3cret-token"
 
@@ -34,9 +35,8 @@ def call(settings: Settings, *requests):
     """Start the app (lifespan) and send ``requests`` = (method, path, kwargs) concurrently."""
     async def run():
         app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-                return await asyncio.gather(*(c.request(m, p, **kw) for m, p, kw in requests))
+        async with served(app) as c:
+            return await asyncio.gather(*(c.request(m, p, **kw) for m, p, kw in requests))
     return asyncio.run(run())
 
 
@@ -227,13 +227,12 @@ def metric_values(text: str) -> dict[tuple, float]:
 def test_metrics_parse_and_move(root):
     async def scrape_twice():
         app = create_app(settings_for(root))
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-                before = metric_values((await c.get("/metrics")).text)
-                await c.post("/recall", json={"history": history_of([1, 2, 3, 4]) + ["ghost"]})
-                await c.post("/recall", json={"history": []})
-                await c.post("/recall", json={"top_n": 0})
-                return before, metric_values((await c.get("/metrics")).text)
+        async with served(app) as c:
+            before = metric_values((await c.get("/metrics")).text)
+            await c.post("/recall", json={"history": history_of([1, 2, 3, 4]) + ["ghost"]})
+            await c.post("/recall", json={"history": []})
+            await c.post("/recall", json={"top_n": 0})
+            return before, metric_values((await c.get("/metrics")).text)
     before, after = asyncio.run(scrape_twice())
 
     def moved(name, **labels):
@@ -274,16 +273,15 @@ def test_missing_bundle_is_alive_not_ready_then_ready_when_one_appears(tmp_path)
 
     async def run():
         app = create_app(Settings(bundle=empty_root, device="cpu", watch_interval_s=0.05, warmup_batches=1))
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-                alive, not_ready = await c.get("/healthz"), await c.get("/readyz")
-                recall = await c.post("/recall", json={"history": []})
-                await asyncio.to_thread(build_bundle, empty_root, 3)
-                for _ in range(200):
-                    if (ready := await c.get("/readyz")).status_code == 200:
-                        break
-                    await asyncio.sleep(0.05)
-                return alive, not_ready, recall, ready
+        async with served(app) as c:
+            alive, not_ready = await c.get("/healthz"), await c.get("/readyz")
+            recall = await c.post("/recall", json={"history": []})
+            await asyncio.to_thread(build_bundle, empty_root, 3)
+            for _ in range(200):
+                if (ready := await c.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            return alive, not_ready, recall, ready
     alive, not_ready, recall, ready = asyncio.run(run())
     assert alive.status_code == 200
     assert not_ready.status_code == 503 and "holds no bundle" in not_ready.json()["error"]
@@ -325,15 +323,14 @@ def test_reload_swaps_versions_and_refuses_a_corrupted_bundle(tmp_path):
 
     async def run():
         app = create_app(Settings(bundle=first, device="cpu", admin_token=TOKEN, warmup_batches=1))
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-                v1 = (await c.post("/recall", json=body)).json()["model_version"]
-                refused = await c.post("/admin/reload", headers=auth, json={"path": "c"})
-                still = (await c.post("/recall", json=body)).json()["model_version"]
-                swapped = await c.post("/admin/reload", headers=auth, json={"path": "b"})
-                v2 = (await c.post("/recall", json=body)).json()["model_version"]
-                failures = metric_values((await c.get("/metrics")).text)[("mind_recall_reloads_total", (("result", "failure"),))]
-                return v1, refused, still, swapped, v2, failures
+        async with served(app) as c:
+            v1 = (await c.post("/recall", json=body)).json()["model_version"]
+            refused = await c.post("/admin/reload", headers=auth, json={"path": "c"})
+            still = (await c.post("/recall", json=body)).json()["model_version"]
+            swapped = await c.post("/admin/reload", headers=auth, json={"path": "b"})
+            v2 = (await c.post("/recall", json=body)).json()["model_version"]
+            failures = metric_values((await c.get("/metrics")).text)[("mind_recall_reloads_total", (("result", "failure"),))]
+            return v1, refused, still, swapped, v2, failures
     v1, refused, still, swapped, v2, failures = asyncio.run(run())
     assert refused.status_code == 422 and "item_vectors.npy" in refused.json()["error"]
     assert still == v1 and failures == 1
@@ -356,42 +353,72 @@ def test_round_robin_policy_alternates_interests(root, bundle):
 def test_cuda_requested_without_a_gpu_is_not_ready_with_the_reason(root):
     async def run():
         app = create_app(Settings(bundle=root, device="cuda", warmup_batches=1))
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-                return await c.get("/healthz"), await c.get("/readyz")
+        async with served(app) as c:
+            return await c.get("/healthz"), await c.get("/readyz")
     alive, ready = asyncio.run(run())
     assert alive.status_code == 200
     assert ready.status_code == 503 and "user_tower.pt" in ready.json()["error"]
 
 
-def test_common_requests_take_the_fast_path_and_others_fastapis_with_the_same_answer(root):
-    """service/recall_route.py answers a JSON body that orjson parses and that validates itself;
-    anything else goes through FastAPI's own parsing. Both reach the same answer function."""
-    from service.recall_route import RecallRoute, parse_common
+def test_common_requests_are_answered_by_the_protocol_and_others_by_fastapi_with_the_same_answer(root):
+    """mind serve's HTTP protocol (service/protocol.py) answers a POST /recall whose JSON body
+    orjson parses and that validates; anything else goes through FastAPI's own parsing. Both
+    reach the same answer, and the protocol's responses carry the same headers."""
+    from service.protocol import parse_common
 
-    json_type = {"type": "http", "headers": [(b"content-type", b"application/json; charset=utf-8")]}
-    assert parse_common(json_type, b'{"history": ["1001"], "top_n": 3}').top_n == 3
-    assert parse_common(json_type, b'{"history": [], "top_n": NaN}') is None            # orjson refuses NaN
-    assert parse_common(json_type, b'{"history": ["\\ud800"]}') is None                   # and lone surrogates
-    assert parse_common(json_type, b'{"top_n": 0}') is None                               # invalid: FastAPI's 422
-    assert parse_common({"type": "http", "headers": [(b"content-type", b"text/plain")]}, b'{"history": []}') is None
-    assert parse_common({"type": "http", "headers": []}, b'{"history": []}') is None
+    assert parse_common(b'{"history": ["1001"], "top_n": 3}').top_n == 3
+    assert parse_common(b'{"history": [], "top_n": NaN}') is None            # orjson refuses NaN
+    assert parse_common(b'{"history": ["\\ud800"]}') is None                 # and lone surrogates
+    assert parse_common(b'{"top_n": 0}') is None                             # invalid: FastAPI's 422
 
     history = history_of([3, 9, 27, 81])
     body = '{"history": [%s], "top_n": 15}'
     common = body % ", ".join(f'"{i}"' for i in history)
     with_surrogate = body % ", ".join(f'"{i}"' for i in history + ["\\ud800"])  # an unknown id orjson refuses
-    fast, slow, charset = call(settings_for(root),
-                               ("POST", "/recall", {"content": common, "headers": {"content-type": "application/json"}}),
-                               ("POST", "/recall", {"content": with_surrogate,
-                                                    "headers": {"content-type": "application/json"}}),
-                               ("POST", "/recall", {"content": common,
-                                                    "headers": {"content-type": "application/json; charset=utf-8"}}))
+    requests = [(common, "application/json"), (with_surrogate, "application/json"),
+                (common, "application/json; charset=utf-8"), (common, "text/plain"), ('{"top_n": 0}', "application/json")]
+
+    async def run():
+        app = create_app(settings_for(root))
+        front, taken = app.state.front, []
+        submit = front.submit
+        front.submit = lambda request, started: (taken.append(request.top_n), submit(request, started))[1]
+        async with served(app) as c:
+            answers = [await c.post("/recall", content=content, headers={"content-type": kind, "x-request-id": f"r{n}"})
+                       for n, (content, kind) in enumerate(requests)]
+        return taken, answers
+    taken, (fast, slow, charset, text, invalid) = asyncio.run(run())
+    assert taken == [15, 15]                       # the common body, with and without a charset
     assert fast.status_code == slow.status_code == charset.status_code == 200
     assert fast.headers["content-type"] == slow.headers["content-type"] == "application/json"
+    assert [a.headers["x-request-id"] for a in (fast, slow, charset)] == ["r0", "r1", "r2"]
     items = [(i["item_id"], i["score"]) for i in fast.json()["items"]]
     assert len(items) == 15 and [(i["item_id"], i["score"]) for i in slow.json()["items"]] == items
     assert slow.json()["unknown_items"] == 1 and fast.json()["unknown_items"] == 0
     assert [(i["item_id"], i["score"]) for i in charset.json()["items"]] == items
-    app = create_app(settings_for(root))
-    assert isinstance(next(r for r in app.routes if getattr(r, "path", "") == "/recall"), RecallRoute)
+    assert text.status_code == invalid.status_code == 422 and "top_n" in invalid.json()["error"]
+    assert invalid.json()["detail"][0]["loc"] == ["body", "top_n"]     # FastAPI's own error body
+
+
+def test_the_protocol_answers_pipelined_and_closing_requests_in_order(root):
+    """Requests sent back to back on one connection before any answer (HTTP/1.1 pipelining) are
+    answered in order, the first by the protocol and the rest through FastAPI once it is done;
+    a request asking to close gets its answer, then the connection closes."""
+    def raw(body: dict, extra: str = "") -> bytes:
+        payload = json.dumps(body).encode()
+        return (f"POST /recall HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n{extra}"
+                f"content-length: {len(payload)}\r\n\r\n").encode() + payload
+
+    async def run():
+        async with served(create_app(settings_for(root))) as c:
+            port = int(str(c.base_url).rsplit(":", 1)[1].rstrip("/"))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw({"history": history_of([1, 2]), "top_n": 3}) + raw({"history": [], "top_n": 2}) +
+                         raw({"history": history_of([5]), "top_n": 4}, "connection: close\r\n"))
+            received = await asyncio.wait_for(reader.read(), 60)       # to EOF: the server closed
+            writer.close()
+            return received
+    received = asyncio.run(run())
+    answers = [json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in received.split(b"HTTP/1.1 ")[1:]]
+    assert [len(a["items"]) for a in answers] == [3, 2, 4]
+    assert [a["cold_start"] for a in answers] == [False, True, False]

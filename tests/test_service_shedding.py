@@ -14,7 +14,7 @@ from uvicorn.server import ServerState
 from service.app import create_app
 from service.batcher import Batcher, QueueFullError
 from service.metrics import ServiceMetrics
-from service.observability import SheddingHttpToolsProtocol
+from service.protocol import RecallHttpProtocol
 from service.settings import Settings
 from tests.service_support import slow_worker
 
@@ -51,12 +51,12 @@ def make(depth: int, max_queue: int = 4):
 
 
 def serve(app, *requests: bytes) -> Transport:
-    """Feed ``requests`` to a fresh connection of SheddingHttpToolsProtocol; what it wrote back."""
+    """Feed ``requests`` to a fresh connection of mind serve's protocol; what it wrote back."""
     async def main():
         config = uvicorn.Config(app, lifespan="off", log_config=None)
         config.load()
-        protocol = SheddingHttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
-                                             early_shed=app.state.early_shed)
+        protocol = RecallHttpProtocol(config=config, server_state=ServerState(), app_state={},
+                                      front=app.state.front)
         transport = Transport()
         protocol.connection_made(transport)
         for request in requests:

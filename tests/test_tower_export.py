@@ -6,7 +6,6 @@ import asyncio
 import json
 import warnings
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -17,7 +16,7 @@ from model.bundle_files import MANIFEST, TOWER_PROGRAM, sha256_of
 from service.app import create_app
 from service.pipeline import RecallQuery, RetrievalOptions, recall_batch
 from service.settings import Settings
-from tests.service_support import build_bundle
+from tests.service_support import build_bundle, served
 from tests.test_export import MAX_LEN, N_ITEMS, write_tiny_run
 
 N_TEST_USERS = 512
@@ -90,10 +89,9 @@ def test_export_program_retrieves_the_same_ids(bundle_path, test_set):
 def test_service_serves_from_the_export_program(bundle_path):
     async def run(tower_format: str):
         app = create_app(Settings(bundle=bundle_path, device="cpu", warmup_batches=1, tower_format=tower_format))
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-                answer = await client.post("/recall", json={"history": ["movie-3", "movie-8", "movie-1"], "top_n": 10})
-                metrics = await client.get("/metrics")
+        async with served(app) as client:
+            answer = await client.post("/recall", json={"history": ["movie-3", "movie-8", "movie-1"], "top_n": 10})
+            metrics = await client.get("/metrics")
         return answer.json(), metrics.text
 
     (scripted, _), (exported, metrics) = asyncio.run(run("torchscript")), asyncio.run(run("export"))
