@@ -34,6 +34,8 @@ log = logging.getLogger("service.batcher")
 RATE_WINDOW = 32                     # batches over which the batch service time is measured
 ERROR_WINDOW = 512                   # answered requests over which the prediction error is measured
 ARRIVAL_WINDOW = 64                  # queued requests over which the arrival rate is measured
+LAG_PROBE_S = 0.01                   # how often the event loop's lag is probed
+LAG_WINDOW = 50                      # probes over which it is measured (0.5 s)
 
 
 class QueueFullError(Exception):
@@ -118,7 +120,9 @@ class Batcher:
         self._overhead_s, self._per_request_s = 0.0, 0.0
         self._errors: deque[float] = deque(maxlen=ERROR_WINDOW)   # actual - predicted, answered requests
         self._margin_s = 0.0
-        self._batch_errors: deque[float] = deque(maxlen=RATE_WINDOW)   # actual - predicted batch times
+        self._batch_errors: deque[float] = deque(maxlen=ERROR_WINDOW)   # actual - predicted batch times
+        self._lags: deque[float] = deque(maxlen=LAG_WINDOW)   # how late the loop ran a due timer (s)
+        self._lag_task: asyncio.Task | None = None
 
     @property
     def depth(self) -> int:
@@ -151,6 +155,16 @@ class Batcher:
         self._all_idle = asyncio.Event()
         self._all_idle.set()
         self._task = asyncio.get_running_loop().create_task(self._collect(), name="batcher")
+        self._lag_task = asyncio.get_running_loop().create_task(self._probe_lag(), name="loop-lag")
+
+    async def _probe_lag(self) -> None:
+        """How late the event loop runs what is due: a request's bytes wait about that long in
+        its socket before the loop reads them, time no timestamp of the service sees."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_PROBE_S
+            await asyncio.sleep(LAG_PROBE_S)
+            self._lags.append(max(0.0, loop.time() - due))
 
     def predicted_wait_s(self, position: int) -> float:
         """Seconds until a request with ``position`` requests queued ahead of it is answered
@@ -245,9 +259,11 @@ class Batcher:
         at dispatch bounds an accepted request's time by one batch's prediction error, not the
         whole queue's."""
         finish = now + self.batch_s(len(batch))
-        margin = error_margin(list(self._batch_errors), self._objective_s)     # the batch times' own error
+        # the batch times' own error, and the time requests waited unseen in their sockets
+        margin = error_margin(list(self._batch_errors), self._objective_s, 0.99)
+        lag = error_margin(list(self._lags), self._objective_s)
         # the objective check only where the service can meet it: a lone request's batch within it
-        late = finish + margin if self.batch_s(1) + margin <= self._objective_s else -math.inf
+        late = finish + margin + lag if self.batch_s(1) + margin <= self._objective_s else -math.inf
         live = []
         for job in batch:
             if job.future.done():
@@ -331,6 +347,8 @@ class Batcher:
         until = loop.time() + timeout_s
         while (self._queue.qsize() or self._running) and loop.time() < until:
             await asyncio.sleep(0.005)
+        if self._lag_task is not None:
+            self._lag_task.cancel()
         if self._task is not None:
             self._task.cancel()
             try:

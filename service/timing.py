@@ -58,17 +58,19 @@ def replay_wait(free_in: list[float], position: int, max_batch: int, batch_s: Ca
         heapq.heappush(free_at, start + batch_s(take))
 
 
-def error_margin(errors: list[float], objective_s: float) -> float:
-    """The admission margin (s): the ERROR_QUANTILE of recent prediction errors (actual minus
-    predicted time from queueing to answer), within 0 .. MAX_MARGIN_SHARE x objective, so that
-    a request admitted with predicted + margin <= objective is answered within it this often.
+def error_margin(errors: list[float], objective_s: float, quantile: float = ERROR_QUANTILE) -> float:
+    """A margin (s): the ``quantile`` of recent prediction errors (actual minus predicted),
+    within 0 .. MAX_MARGIN_SHARE x objective, so that a request admitted with predicted + margin
+    <= objective is answered within it this often. Admission takes ERROR_QUANTILE of the
+    times from queueing to answer; dispatch the 99th percentile of batch times (a batch over
+    its prediction makes every request in it late) and of the loop's lag the ERROR_QUANTILE.
     Capped: with clients that retry refusals at once, an unbounded margin would feed itself
     (refusals busy the event loop, answers come later, the margin grows, more refusals)."""
     if not errors:
         return 0.0
     ordered = sorted(errors)
-    quantile = ordered[min(len(ordered) - 1, int(ERROR_QUANTILE * len(ordered)))]
-    return min(max(0.0, quantile), MAX_MARGIN_SHARE * objective_s)
+    high = ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+    return min(max(0.0, high), MAX_MARGIN_SHARE * objective_s)
 
 
 class OverlapGate:

@@ -179,6 +179,7 @@ def test_error_margin_is_a_high_quantile_of_recent_prediction_errors():
     from service.timing import error_margin
     errors = [0.001 * i for i in range(100)]             # 0 .. 99 ms late
     assert error_margin(errors, 1.0) == pytest.approx(0.095)
+    assert error_margin(errors, 1.0, quantile=0.99) == pytest.approx(0.099)   # the batch times' margin
     assert error_margin(errors, 0.1) == pytest.approx(0.025)  # at most a quarter of the objective
     assert error_margin([-0.01, -0.02], 1.0) == 0.0       # early answers never loosen the objective
     assert error_margin([], 1.0) == 0.0
@@ -268,3 +269,26 @@ def test_a_request_that_queued_past_the_objective_is_refused_at_dispatch_not_com
         await batcher.drain_and_stop()
     asyncio.run(main())
     assert "late" not in seen
+
+
+def test_time_a_request_waited_unseen_while_the_loop_was_busy_counts_at_dispatch():
+    """The event loop's recent lag (how late it ran what was due: a request's bytes wait about
+    that long in its socket before the loop reads them) counts against the objective when a
+    batch forms. A request that arrived 150 ms before it reached the batcher, in a ~10 ms batch,
+    is answered while the loop keeps up, and refused at dispatch once the loop ran 60 ms late."""
+    async def main():
+        batcher = Batcher(lambda payloads: (time.sleep(0.01), payloads)[1], max_batch_size=8, wait_s=0,
+                          max_queue=100, objective_s=0.2)
+        batcher.start()
+        for _ in range(20):
+            await batcher.submit("teach", 5)                  # batches take ~10 ms
+        answered = await batcher.submit("in time", 5, waited_s=0.15)
+        for _ in range(6):
+            time.sleep(0.06)                                   # the loop busy: its probe runs late
+            await asyncio.sleep(0.012)
+        with pytest.raises(QueueFullError, match="after the latency objective 200 ms") as refused:
+            await batcher.submit("late", 5, waited_s=0.15)
+        await batcher.drain_and_stop()
+        return answered, refused.value.reason
+    answered, reason = asyncio.run(main())
+    assert answered == "in time" and reason == "latency_objective"
