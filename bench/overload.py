@@ -42,9 +42,10 @@ def rss_mib(pid: int) -> float:
     return kib / 1024
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (/proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as stat:
+def cpu_s(pid: int, loop_only: bool = False) -> float:
+    """User + system CPU seconds of ``pid`` so far (/proc/<pid>/stat), or of its main thread
+    alone, which runs the event loop (/proc/<pid>/task/<pid>/stat)."""
+    with open(f"/proc/{pid}/task/{pid}/stat" if loop_only else f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -203,9 +204,10 @@ def parse_args(argv):
 
 async def saturate(port: int, pid: int, requests: list[bytes], args) -> dict:
     """Closed-loop throughput at --saturation-concurrency, and the server's CPU seconds for it."""
-    cpu_start = cpu_s(pid)
+    cpu_start, loop_start = cpu_s(pid), cpu_s(pid, loop_only=True)
     saturation = await drive(port, requests, args.saturation_concurrency, args.saturation_seconds, 10**9)
     saturation["server_cpu_s"] = cpu_s(pid) - cpu_start
+    saturation["loop_cpu_s"] = cpu_s(pid, loop_only=True) - loop_start
     return saturation
 
 
@@ -221,9 +223,10 @@ async def drill(port: int, pid: int, requests: list[bytes], saturation: dict, ar
             await asyncio.sleep(0.5)
             rss.append(rss_mib(pid))
     sampler = asyncio.create_task(sample_rss())
-    cpu_before, client_before = cpu_s(pid), sum(os.times()[:2])
+    cpu_before, loop_before, client_before = cpu_s(pid), cpu_s(pid, loop_only=True), sum(os.times()[:2])
     offered = await loop.run(rate, args.seconds)
-    cpu = {"server": cpu_s(pid) - cpu_before, "client": sum(os.times()[:2]) - client_before}
+    cpu = {"server": cpu_s(pid) - cpu_before, "loop": cpu_s(pid, loop_only=True) - loop_before,
+           "client": sum(os.times()[:2]) - client_before}
     sampler.cancel()
     recovered, probes = prober.ask("recover", normal_p90)
     prober.close()
@@ -244,8 +247,13 @@ def report(r: dict, env: dict, rss_before: float, rss_after: float, alive: bool)
     print(f"CPU seconds during the overload ({r['cpu']['server'] + r['cpu']['client']:.1f} s of "
           f"{os.cpu_count() * r['seconds']:.0f} core-seconds on {os.cpu_count()} cores): server {r['cpu']['server']:.1f}, "
           f"load client {r['cpu']['client']:.1f}")
+    answered = r["statuses"].get(200, 0)
+    print(f"the server's event-loop thread: saturation {sat['loop_cpu_s']:.1f} CPU-s "
+          f"({sat['loop_cpu_s'] / max(sat['ok'], 1) * 1e6:.0f} us per answer), overload {r['cpu']['loop']:.1f} CPU-s "
+          f"({r['cpu']['loop'] / max(answered, 1) * 1e6:.0f} us per answer 200, "
+          f"{r['cpu']['loop'] / max(r['answered'], 1) * 1e6:.0f} us per answer of any status)")
     per_cpu = {"saturation": sat["ok"] / max(sat["server_cpu_s"], 1e-9),
-               "overload": r["statuses"].get(200, 0) / max(r["cpu"]["server"], 1e-9)}
+               "overload": answered / max(r["cpu"]["server"], 1e-9)}
     print(f"answers 200 per server CPU-second (robust to the CPU share the server got): saturation "
           f"{per_cpu['saturation']:.0f}, overload {per_cpu['overload']:.0f} "
           f"({per_cpu['overload'] / max(per_cpu['saturation'], 1e-9):.0%} of saturation; target >= 90%)")
