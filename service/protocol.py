@@ -94,7 +94,7 @@ class RecallFront:
         return (length is not None and length.isdigit() and int(length) <= self.state.settings.max_body_bytes
                 and kind is not None and kind.split(b";", 1)[0].strip().lower() == JSON_MEDIA_TYPE)
 
-    def submit(self, request: RecallRequest, started: float):
+    def submit(self, request: RecallRequest, started: float, request_id: bytes):
         """(status, payload) now (422 beyond a limit, 503 not ready or refused), or (None, the
         batcher's future) to ``settle`` once it is done."""
         state = self.state
@@ -102,17 +102,22 @@ class RecallFront:
             return None, state.submit(to_query(request, state.settings), started)
         except LimitError as err:
             return 422, orjson.dumps({"error": str(err)})
-        except Unavailable as err:
-            return 503, orjson.dumps({"error": str(err)})
+        except Exception as err:
+            return self._failed(err, request_id)
 
     def settle(self, job, started: float, request_id: bytes) -> tuple[int, bytes]:
         try:
             return 200, orjson.dumps(self.state.settle(job, started))
-        except Unavailable as err:
+        except Exception as err:
+            return self._failed(err, request_id)
+
+    @staticmethod
+    def _failed(err: Exception, request_id: bytes) -> tuple[int, bytes]:
+        """503 for Unavailable; anything else (a failed batch) the 500 service/app.py's handler gives."""
+        if isinstance(err, Unavailable):
             return 503, orjson.dumps({"error": str(err)})
-        except Exception as err:  # a failed batch: the body service/app.py's handler gives
-            log.error("internal error", exc_info=err, extra={"request_id": request_id.decode()})
-            return 500, orjson.dumps({"error": f"internal error: {type(err).__name__}; see the server log"})
+        log.error("internal error", exc_info=err, extra={"request_id": request_id.decode()})
+        return 500, orjson.dumps({"error": f"internal error: {type(err).__name__}; see the server log"})
 
 
 class _Answering:
@@ -182,7 +187,7 @@ class RecallHttpProtocol(HttpToolsProtocol):
         started, request_id = self.received_at, self.front.recorder.request_id(self.headers)
         self._request = (self.cycle, request_id, started, request.user_id)
         self.front.state.metrics.in_progress.inc()
-        status, outcome = self.front.submit(request, started)
+        status, outcome = self.front.submit(request, started, request_id)
         if status is not None:
             return self._respond(status, outcome)
         outcome.add_done_callback(self._settle)

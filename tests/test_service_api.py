@@ -382,7 +382,7 @@ def test_common_requests_are_answered_by_the_protocol_and_others_by_fastapi_with
         app = create_app(settings_for(root))
         front, taken = app.state.front, []
         submit = front.submit
-        front.submit = lambda request, started: (taken.append(request.top_n), submit(request, started))[1]
+        front.submit = lambda request, *rest: (taken.append(request.top_n), submit(request, *rest))[1]
         async with served(app) as c:
             answers = [await c.post("/recall", content=content, headers={"content-type": kind, "x-request-id": f"r{n}"})
                        for n, (content, kind) in enumerate(requests)]
@@ -422,3 +422,29 @@ def test_the_protocol_answers_pipelined_and_closing_requests_in_order(root):
     answers = [json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in received.split(b"HTTP/1.1 ")[1:]]
     assert [len(a["items"]) for a in answers] == [3, 2, 4]
     assert [a["cold_start"] for a in answers] == [False, True, False]
+
+
+def test_a_failed_batch_answers_500_with_the_reason_and_the_service_goes_on(root, monkeypatch):
+    """A batch that raises (a bug, a broken tower) answers its callers 500 with a JSON reason
+    and logs the traceback; the connection and the service keep working."""
+    import service.state
+
+    real = service.state.recall_batch
+    failing = {"on": False}                      # the warm-up batches at load must pass
+
+    def flaky(bundle, queries, options):
+        if failing["on"]:
+            raise RuntimeError("tower exploded")
+        return real(bundle, queries, options)
+    monkeypatch.setattr(service.state, "recall_batch", flaky)
+
+    async def run():
+        async with served(create_app(settings_for(root))) as c:
+            failing["on"] = True
+            broken = await c.post("/recall", json={"history": history_of([1, 2, 3])})
+            failing["on"] = False
+            return broken, await c.post("/recall", json={"history": history_of([1, 2, 3])})
+    broken, after = asyncio.run(run())
+    assert broken.status_code == 500
+    assert broken.json() == {"error": "internal error: RuntimeError; see the server log"}
+    assert broken.headers["x-request-id"] and after.status_code == 200
