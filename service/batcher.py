@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from service.timing import OverlapGate, error_margin, fit_batch_time, replay_wait
+from service.timing import BATCH_ERROR_QUANTILE, OverlapGate, error_margin, fit_batch_time, replay_wait
 
 log = logging.getLogger("service.batcher")
 RATE_WINDOW = 32                     # batches over which the batch service time is measured
@@ -260,7 +260,7 @@ class Batcher:
         whole queue's."""
         finish = now + self.batch_s(len(batch))
         # the batch times' own error, and the time requests waited unseen in their sockets
-        margin = error_margin(list(self._batch_errors), self._objective_s, 0.99)
+        margin = error_margin(list(self._batch_errors), self._objective_s, BATCH_ERROR_QUANTILE)
         lag = error_margin(list(self._lags), self._objective_s)
         # the objective check only where the service can meet it: a lone request's batch within it
         late = finish + margin + lag if self.batch_s(1) + margin <= self._objective_s else -math.inf

@@ -43,6 +43,14 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
 
 
+def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case) in ASGI/uvicorn ``headers``, else None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
 def _json_response(status: int, body: dict, request_id: bytes):
     payload = json.dumps(body).encode()
     start = {"type": "http.response.start", "status": status,
@@ -97,10 +105,8 @@ class RequestContextMiddleware:
         self.app, self.recorder, self.max_body_bytes = app, recorder, max_body_bytes
 
     def _declared_length(self, scope) -> int:
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                return int(value) if value.isdigit() else 0
-        return 0
+        value = header(scope["headers"], b"content-length") or b""
+        return int(value) if value.isdigit() else 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

@@ -24,7 +24,7 @@ import orjson
 from pydantic import ValidationError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.observability import RECEIVED_AT, RequestRecorder
+from service.observability import RECEIVED_AT, REQUEST_ID_HEADER, RequestRecorder, header
 from service.schemas import LimitError, RecallRequest, to_query
 from service.state import ServiceState, Unavailable
 
@@ -32,13 +32,6 @@ log = logging.getLogger("service.app")
 JSON_MEDIA_TYPE = b"application/json"
 STATUS_LINES = {200: b"HTTP/1.1 200 OK", 422: b"HTTP/1.1 422 Unprocessable Entity",
                 500: b"HTTP/1.1 500 Internal Server Error", 503: b"HTTP/1.1 503 Service Unavailable"}
-
-
-def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
 
 
 def parse_common(body: bytes) -> RecallRequest | None:
@@ -66,7 +59,7 @@ class RecallFront:
         head = [STATUS_LINES[status]]
         head += [name + b": " + value for name, value in default_headers]
         head += [b"content-type: application/json", b"content-length: " + str(len(payload)).encode(),
-                 b"x-request-id: " + request_id]
+                 REQUEST_ID_HEADER + b": " + request_id]
         if status == 503:
             head.append(b"retry-after: " + self.retry_after)
         if not keep_alive:

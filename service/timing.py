@@ -9,6 +9,7 @@ import heapq
 from typing import Callable
 
 ERROR_QUANTILE = 0.95          # admission margin: this quantile of recent (actual - predicted) times to answer
+BATCH_ERROR_QUANTILE = 0.99    # dispatch margin: this quantile of recent (actual - predicted) batch times
 MAX_MARGIN_SHARE = 0.25        # the margin never takes more than this share of the objective
 OVERLAP_GAIN = 1.2             # batches at once must together get this many times a lone batch's core time
 EFFICIENCY_SMOOTHING = 0.3     # weight of the newest overlapping batch in the running efficiency
@@ -62,8 +63,8 @@ def error_margin(errors: list[float], objective_s: float, quantile: float = ERRO
     """A margin (s): the ``quantile`` of recent prediction errors (actual minus predicted),
     within 0 .. MAX_MARGIN_SHARE x objective, so that a request admitted with predicted + margin
     <= objective is answered within it this often. Admission takes ERROR_QUANTILE of the
-    times from queueing to answer; dispatch the 99th percentile of batch times (a batch over
-    its prediction makes every request in it late) and of the loop's lag the ERROR_QUANTILE.
+    times from queueing to answer; dispatch BATCH_ERROR_QUANTILE of batch times (a batch over
+    its prediction makes every request in it late) and ERROR_QUANTILE of the loop's lag.
     Capped: with clients that retry refusals at once, an unbounded margin would feed itself
     (refusals busy the event loop, answers come later, the margin grows, more refusals)."""
     if not errors:
