@@ -134,6 +134,7 @@ class RecallHttpProtocol(HttpToolsProtocol):
         self.front = front
         self.received_at = 0.0
         self._body: list[bytes] | None = None     # the body of a request the protocol answers
+        self._arrived = 0.0                       # when the loop read the current request's headers
         self._request: tuple | None = None        # its (cycle stand-in, request id, arrival, user id)
 
     def data_received(self, data: bytes) -> None:
@@ -141,6 +142,7 @@ class RecallHttpProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
+        self._arrived = self.received_at
         if self.expect_100_continue or not (self.cycle is None or self.cycle.response_complete):
             return self._to_app()
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
@@ -159,7 +161,7 @@ class RecallHttpProtocol(HttpToolsProtocol):
 
     def _to_app(self) -> None:
         # when the loop read it: the latency objective counts the time its task waits to run
-        self.scope["state"][RECEIVED_AT] = self.received_at
+        self.scope["state"][RECEIVED_AT] = self._arrived
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -177,7 +179,7 @@ class RecallHttpProtocol(HttpToolsProtocol):
             self._to_app()
             self.cycle.body = body
             return super().on_message_complete()
-        started, request_id = self.received_at, self.front.recorder.request_id(self.headers)
+        started, request_id = self._arrived, self.front.recorder.request_id(self.headers)
         self._request = (self.cycle, request_id, started, request.user_id)
         self.front.state.metrics.in_progress.inc()
         status, outcome = self.front.submit(request, started, request_id)
