@@ -448,3 +448,24 @@ def test_a_failed_batch_answers_500_with_the_reason_and_the_service_goes_on(root
     assert broken.status_code == 500
     assert broken.json() == {"error": "internal error: RuntimeError; see the server log"}
     assert broken.headers["x-request-id"] and after.status_code == 200
+
+
+def test_took_ms_counts_from_the_headers_when_the_body_comes_later(root):
+    """A request's latency (its took_ms, and the time the latency objective counts) starts when
+    the service read its headers: a body that trickles in later is time the caller waited."""
+    body = json.dumps({"history": history_of([1, 2, 3]), "top_n": 5}).encode()
+
+    async def run():
+        async with served(create_app(settings_for(root))) as c:
+            port = int(str(c.base_url).rsplit(":", 1)[1].rstrip("/"))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /recall HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                         b"content-length: %d\r\n\r\n" % len(body) + body[:10])
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            writer.write(body[10:])
+            received = await asyncio.wait_for(reader.read(), 60)
+            writer.close()
+            return received
+    head, payload = asyncio.run(run()).split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200") and json.loads(payload)["took_ms"] >= 300
