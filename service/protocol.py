@@ -16,7 +16,6 @@ from the parser's callbacks instead of through the ASGI stack.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -75,7 +74,7 @@ class RecallFront:
         if refused is None:
             return None
         request_id = self.recorder.request_id(headers)
-        payload = json.dumps({"error": f"overloaded: {refused}"}).encode()
+        payload = orjson.dumps({"error": f"overloaded: {refused}"})
         self.recorder.record("POST", path.decode(), 503, time.perf_counter() - started, request_id)
         return self.response(503, payload, request_id, default_headers, keep_alive)
 
