@@ -33,6 +33,8 @@ from service.timing import BATCH_ERROR_QUANTILE, OverlapGate, error_margin, fit_
 log = logging.getLogger("service.batcher")
 RATE_WINDOW = 32                     # batches over which the batch service time is measured
 ERROR_WINDOW = 512                   # answered requests over which the prediction error is measured
+BATCH_ERROR_WINDOW = 512             # batches over which the batch-time error is measured (its 99th
+                                     # percentile needs more than RATE_WINDOW samples)
 ARRIVAL_WINDOW = 64                  # queued requests over which the arrival rate is measured
 LAG_PROBE_S = 0.01                   # how often the event loop's lag is probed
 LAG_WINDOW = 50                      # probes over which it is measured (0.5 s)
@@ -120,7 +122,7 @@ class Batcher:
         self._overhead_s, self._per_request_s = 0.0, 0.0
         self._errors: deque[float] = deque(maxlen=ERROR_WINDOW)   # actual - predicted, answered requests
         self._margin_s = 0.0
-        self._batch_errors: deque[float] = deque(maxlen=ERROR_WINDOW)   # actual - predicted batch times
+        self._batch_errors: deque[float] = deque(maxlen=BATCH_ERROR_WINDOW)   # actual - predicted batch times
         self._lags: deque[float] = deque(maxlen=LAG_WINDOW)   # how late the loop ran a due timer (s)
         self._lag_task: asyncio.Task | None = None
 
