@@ -148,25 +148,41 @@ async def probe_ms(port: int, request: bytes, n: int, q: float = 50) -> float:
     return float(np.percentile(times, q)) * 1000
 
 
+PROBE_BURST = 5       # requests per probe, one after another on one connection
+PROBE_GAP_S = 0.05    # idle time between two probes
+
+
+async def probe_medians(port: int, request: bytes, probes: int) -> list[float]:
+    """The median latencies (ms) of ``probes`` probes, PROBE_GAP_S apart: the recovery check's
+    own pattern, so that 'normal' is what an idle server gives it (on some VMs the first
+    requests after even 50 ms of idle take twice as long as back-to-back ones)."""
+    seen = []
+    for _ in range(probes):
+        seen.append(round(await probe_ms(port, request, PROBE_BURST), 2))
+        await asyncio.sleep(PROBE_GAP_S)
+    return seen
+
+
 async def recovery_s(port: int, request: bytes, normal_ms: float, limit_s: float = 60) -> tuple[float, list]:
     """Seconds after the load stops until a probe's median is back within normal variation
-    (at most ``normal_ms``, the p90 of the quiet probe), and the probe medians (ms) seen."""
+    (at most ``normal_ms``, the p90 of the quiet server's probe medians), and the probe
+    medians (ms) seen."""
     start, seen = time.perf_counter(), []
     while time.perf_counter() - start < limit_s:
-        seen.append(round(await probe_ms(port, request, 5), 1))
+        seen.append(round(await probe_ms(port, request, PROBE_BURST), 2))
         if seen[-1] <= normal_ms:
             return time.perf_counter() - start, seen
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(PROBE_GAP_S)
     return float("inf"), seen
 
 
 def _prober(conn, port: int, request: bytes) -> None:
-    """Probe process: answers ("probe", (n, q)) with probe_ms and ("recover", normal_ms) with
-    recovery_s until it receives None. Probing from its own process keeps the load client's
+    """Probe process: answers ("probe", probes) with probe_medians and ("recover", normal_ms)
+    with recovery_s until it receives None. Probing from its own process keeps the load client's
     after-effects (its CPU and its thousands of closing sockets) out of the recovery figure."""
     while (command := conn.recv()) is not None:
         kind, arg = command
-        conn.send(asyncio.run(probe_ms(port, request, *arg) if kind == "probe" else recovery_s(port, request, arg)))
+        conn.send(asyncio.run(probe_medians(port, request, arg) if kind == "probe" else recovery_s(port, request, arg)))
 
 
 class Prober:
@@ -213,8 +229,8 @@ async def saturate(port: int, pid: int, requests: list[bytes], args) -> dict:
 
 async def drill(port: int, pid: int, requests: list[bytes], saturation: dict, args) -> dict:
     prober = Prober(port, requests[0])
-    normal = prober.ask("probe", (50, 50))
-    normal_p90 = prober.ask("probe", (50, 90))
+    quiet = prober.ask("probe", 20)
+    normal, normal_p90 = float(np.percentile(quiet, 50)), float(np.percentile(quiet, 90))
     rate = saturation["rps"] * args.factor
     loop, rss = OpenLoop(port, requests, args.max_connections), [rss_mib(pid)]
 
@@ -238,7 +254,8 @@ def report(r: dict, env: dict, rss_before: float, rss_after: float, alive: bool)
     sat = r["saturation"]
     from service.settings import Settings
     objective = float(env.get("MIND_LATENCY_OBJECTIVE_MS", Settings.model_fields["latency_objective_ms"].default))
-    print(f"normal latency (1 connection, sequential): {r['normal_ms']:.2f} ms median, p90 {r['normal_p90_ms']:.2f} ms")
+    print(f"normal latency (quiet server; medians of {PROBE_BURST} sequential requests, {PROBE_GAP_S * 1000:.0f} ms apart, "
+          f"as the recovery probe): {r['normal_ms']:.2f} ms median, p90 {r['normal_p90_ms']:.2f} ms")
     print(f"saturation (same server env, MIND_LATENCY_OBJECTIVE_MS=0): {sat['rps']:.1f} req/s at concurrency "
           f"{sat['concurrency']} (p99 {sat['p99']:.1f} ms, statuses {sat['statuses']})")
     print(f"overload: target {r['target_rate']:.0f} req/s, offered {r['offered_rate']:.0f} req/s, "
