@@ -6,7 +6,7 @@
 
 Starts each server as a subprocess on a free loopback port (service defaults unless --env
 KEY=VALUE), then drives them, interleaved level by level so that all see the same machine
-load (printed per row), from another process: wrk (bench/wrk_client.py; `--client auto` picks
+load (printed per row), after a few unmeasured seconds each (--warmup-seconds), from another process: wrk (bench/wrk_client.py; `--client auto` picks
 it when it is on the PATH, as issue 11 measured) or this process's lean asyncio HTTP/1.1
 keep-alive client. Either way one connection per concurrent user, pre-encoded bodies of 20
 random real item ids. Before the servers start it measures the bare in-process pipeline
@@ -163,6 +163,8 @@ def parse_args(argv):
     parser.add_argument("--concurrency", default="1,4,16,32,64")
     parser.add_argument("--seconds", type=float, default=5.0, help="per concurrency level")
     parser.add_argument("--max-requests", type=int, default=20_000, help="per concurrency level")
+    parser.add_argument("--warmup-seconds", type=float, default=3.0,
+                        help="unmeasured load per server (one caller) before the first level")
     parser.add_argument("--pipeline-seconds", type=float, default=3.0, help="0 skips the in-process baseline")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="server environment")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
@@ -272,13 +274,20 @@ def main(argv: list[str] | None = None) -> int:
             ports[spec] = free_port()
             stack.enter_context(running_server(bundle_path, ports[spec], dict(env, **dict(e.split("=", 1) for e in extra)),
                                                args.cache / f"server-{ports[spec]}.log", name))
+
+        def measure(spec: str, concurrency: int, seconds: float) -> dict:
+            if script is not None:
+                return wrk_client.drive(ports[spec], script, concurrency, seconds)
+            return run_client(drive(ports[spec], requests, concurrency, seconds, args.max_requests))
+        # Without it the first server's first level ran cold and the second one's warm: in
+        # both orders, whichever went second won concurrency 1 by 0.1-0.3 ms (bench/README.md,
+        # "Serving, ninth pass").
+        for spec in args.servers if args.warmup_seconds > 0 else ():
+            measure(spec, 1, args.warmup_seconds)
         print(HEADER)
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             for spec in args.servers:          # interleaved: every server sees the same machine load
-                if script is not None:
-                    r = wrk_client.drive(ports[spec], script, concurrency, args.seconds)
-                else:
-                    r = run_client(drive(ports[spec], requests, concurrency, args.seconds, args.max_requests))
+                r = measure(spec, concurrency, args.seconds)
                 results[spec].append(r)
                 print(row(spec, r, baseline if not spec.startswith("plain") else None), flush=True)
     compare(results, baseline)
