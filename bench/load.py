@@ -5,8 +5,9 @@
         [--server mind,plain,mind+MIND_BATCH_WAIT_MS=2] [--client auto|wrk|python]
 
 Starts each server as a subprocess on a free loopback port (service defaults unless --env
-KEY=VALUE), then drives them, interleaved level by level so that all see the same machine
-load (printed per row), after a few unmeasured seconds each (--warmup-seconds), from another process: wrk (bench/wrk_client.py; `--client auto` picks
+KEY=VALUE), warms each up (--warmup-seconds of unmeasured load), then drives them,
+interleaved level by level so that all see the same machine load (printed per row), from
+another process: wrk (bench/wrk_client.py; `--client auto` picks
 it when it is on the PATH, as issue 11 measured) or this process's lean asyncio HTTP/1.1
 keep-alive client. Either way one connection per concurrent user, pre-encoded bodies of 20
 random real item ids. Before the servers start it measures the bare in-process pipeline
