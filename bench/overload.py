@@ -208,6 +208,7 @@ def parse_args(argv):
     add_workload_arguments(parser)
     parser.add_argument("--saturation-concurrency", type=int, default=32)
     parser.add_argument("--saturation-seconds", type=float, default=5.0)
+    parser.add_argument("--warmup-seconds", type=float, default=2.0, help="unmeasured load before saturation")
     parser.add_argument("--factor", type=float, default=3.0, help="offered load / saturation throughput")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the overload")
     parser.add_argument("--max-connections", type=int, default=512)
@@ -219,7 +220,11 @@ def parse_args(argv):
 
 
 async def saturate(port: int, pid: int, requests: list[bytes], args) -> dict:
-    """Closed-loop throughput at --saturation-concurrency, and the server's CPU seconds for it."""
+    """Closed-loop throughput at --saturation-concurrency, and the server's CPU seconds for it,
+    after --warmup-seconds of the same load unmeasured (a fresh server's first seconds are
+    slower: bench.load's warm-up)."""
+    if args.warmup_seconds > 0:
+        await drive(port, requests, args.saturation_concurrency, args.warmup_seconds, 10**9)
     cpu_start, loop_start = cpu_s(pid), cpu_s(pid, loop_only=True)
     saturation = await drive(port, requests, args.saturation_concurrency, args.saturation_seconds, 10**9)
     saturation["server_cpu_s"] = cpu_s(pid) - cpu_start
