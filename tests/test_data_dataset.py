@@ -8,7 +8,7 @@ import pytest
 
 from model.data import Vocab, build_dataset, holdout, load_interactions, split_users, training_samples
 from model.data import make_interactions
-from model.data.dataset import k_core_mask
+from model.data.dataset import k_core_mask, stable_argsort
 from model.data import RunDataMismatch, data_config, rebuild_dataset
 from model.data import write_recbole
 
@@ -32,6 +32,22 @@ def test_k_core_is_iterative_on_users_and_items():
     assert ds.users.tokens == ("<pad>", "u1", "u2") and ds.items.tokens == ("<pad>", "a", "b")
     with pytest.raises(ValueError, match="3-core filter removed every one of the 8"):
         build_dataset(log(rows), k_core=3)
+
+
+@pytest.mark.parametrize("keys", [
+    np.array([3, 1, 2, 1, 3, 1], dtype=np.int32),                         # ties keep their order
+    np.array([1.6e9, 1.5e9, 1.6e9, -0.0, 0.0, -0.0]),                     # whole floats; -0.0 ties 0.0
+    np.array([2.5, 1.0, 2.5, 0.5, 1.0]),                                  # fractions: numpy's own sort
+    np.array([1.0, np.nan, 0.0, np.nan, 1.0, np.inf]),                    # NaN and inf
+    np.array([2**62, -(2**62), 0, 2**62], dtype=np.int64),                # a range past the packing
+    np.array([7.0, 2.0**60, 7.0, 1.0]),                                   # whole, but past 2**53
+    np.array([], dtype=np.float64),
+    np.random.default_rng(0).integers(0, 50, 10_000).astype(np.float64),  # many ties
+])
+def test_stable_argsort_is_numpys_stable_argsort(keys):
+    """The timestamp and user sorts of the sequences: the same permutation as numpy's stable
+    argsort (ties in file order), whichever way it is computed."""
+    assert stable_argsort(keys).tolist() == np.argsort(keys, kind="stable").tolist()
 
 
 def test_vocab_index_and_json_round_trip():

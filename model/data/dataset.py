@@ -152,11 +152,8 @@ def assemble(log: Interactions, index: LogIndex, rank: int = 0, world: int = 1) 
     those rows' timestamps are read."""
     rows = index.rows_of(log, rank, world)
     user_idx = index.user_index[log.user_codes[rows]]  # (M,) int32
-    order = np.argsort(log.timestamps[rows], kind="stable")  # (M,) equal times keep file order
-    key = user_idx[order].astype(np.int64) * len(order)
-    key += np.arange(len(order))  # unique keys: the fast unstable sort is stable by user, then time
-    order = order[np.argsort(key)]
-    del key
+    order = stable_argsort(log.timestamps[rows])  # (M,) equal times keep file order
+    order = order[stable_argsort(user_idx[order])]  # by user, then time, then file order
     user_idx, item_idx = user_idx[order], index.item_index[log.item_codes[rows][order]].astype(np.int64)
     starts = np.r_[0, np.flatnonzero(np.diff(user_idx)) + 1]  # (U,) first position of each user
     ends = np.r_[starts[1:], len(order)].tolist()
@@ -167,6 +164,22 @@ def assemble(log: Interactions, index: LogIndex, rank: int = 0, world: int = 1) 
     user_profile, user_profile_vocabs = _user_profile(index.users, log.user_profiles)
     return SequenceDataset(index.items, index.users, sequences, item_side, item_side_vocabs, user_profile,
                            user_profile_vocabs, *index.split, train_item_counts=counts, shard=(rank, world))
+
+
+def stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` of (M,) numbers. Whole numbers whose range leaves
+    room for a row number are sorted as (key - min, row) packed in one int64 each: numpy's
+    value sort is vectorised, its argsort is not (2M rows: 27 vs 240 ms)."""
+    n, bits = len(keys), max(1, (len(keys) - 1).bit_length())
+    if n == 0 or keys.dtype.kind not in "iuf":
+        return np.argsort(keys, kind="stable")
+    low, high = keys.min(), keys.max()
+    whole = keys.dtype.kind != "f" or (np.isfinite(low) and np.isfinite(high) and bool(np.all(keys == np.floor(keys))))
+    if not whole or float(high) - float(low) >= 2.0 ** min(53, 62 - bits):
+        return np.argsort(keys, kind="stable")
+    packed = ((keys - low).astype(np.int64) << bits) | np.arange(n, dtype=np.int64)
+    packed.sort()
+    return packed & ((1 << bits) - 1)
 
 
 def k_core_mask(user_codes: np.ndarray, item_codes: np.ndarray, k: int) -> np.ndarray:
