@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import random
 import re
 import sys
 import time
@@ -67,6 +67,10 @@ class RequestRecorder:
         self.metrics, self.endpoints, self.log_requests = metrics, endpoints, log_requests
         self.log = logging.getLogger("service.request")
         self._children: dict[tuple[str, int], tuple] = {}   # (endpoint, status) -> its two collectors
+        # Request ids from a generator seeded by the OS, not os.urandom per request: that call
+        # lets go of the GIL, and the event loop then waited for a batch worker to hand it back
+        # (a third of the loop's time when refusing under load; bench/README.md, "tenth pass").
+        self._ids = random.Random()
 
     def _collectors(self, endpoint: str, status: int) -> tuple:
         """The request counter and latency histogram of (endpoint, status), looked up once."""
@@ -76,12 +80,11 @@ class RequestRecorder:
                                    self.metrics.request_seconds.labels(endpoint=endpoint))
         return self._children[key]
 
-    @staticmethod
-    def request_id(headers) -> bytes:
+    def request_id(self, headers) -> bytes:
         for name, value in headers:
             if name == REQUEST_ID_HEADER and _VALID_REQUEST_ID.match(value):
                 return value
-        return os.urandom(16).hex().encode()          # a random 128-bit id, as uuid4().hex but cheaper
+        return self._ids.randbytes(16).hex().encode()   # a random 128-bit id, as uuid4().hex but cheaper
 
     def record(self, method: str, path: str, status: int, took_s: float, request_id: bytes,
                user_id: str | None = None) -> None:
