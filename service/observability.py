@@ -68,8 +68,8 @@ class RequestRecorder:
         self.log = logging.getLogger("service.request")
         self._children: dict[tuple[str, int], tuple] = {}   # (endpoint, status) -> its two collectors
         # Request ids from a generator seeded by the OS, not os.urandom per request: that call
-        # lets go of the GIL, and the event loop then waited for a batch worker to hand it back
-        # (a third of the loop's time when refusing under load; bench/README.md, "tenth pass").
+        # lets go of the GIL, and the event loop then waits for a batch worker to hand it back
+        # (27% of the loop thread's py-spy samples when refusing; bench/README.md, "tenth pass").
         self._ids = random.Random()
 
     def _collectors(self, endpoint: str, status: int) -> tuple:
